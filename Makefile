@@ -1,0 +1,47 @@
+# mask_pstage: two commands.
+#   make demo   set up .venv, generate the synthetic competition if missing, run the main job into outputs/demo/
+#   make test   set up .venv and run the test suite (what CI runs)
+#
+# torch and torchvision are installed as a pinned pair first. For a GPU server pick the pair and the
+# wheel index for your CUDA version, e.g.  make demo TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url <your CUDA index>"
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DATA       ?= data/synthetic
+RUN        ?= outputs/demo
+# demo-sized synthetic competition (the real one is 2,700 + 1,800 persons)
+PERSONS      ?= 300
+EVAL_PERSONS ?= 200
+SEED         ?= 0
+
+.PHONY: install data demo eda test clean-nbs export
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC) 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, torchvision, timm, mask_pstage; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
+	touch $@
+
+data: install
+	@if [ -f $(DATA)/train/train.csv ]; then echo "using $(DATA)"; else \
+	  $(BIN)/python -m mask_pstage.synth --out $(DATA) --persons $(PERSONS) --eval-persons $(EVAL_PERSONS) --seed $(SEED); fi
+
+eda: data
+	mkdir -p $(RUN)
+	$(BIN)/papermill nbs/01_eda.ipynb $(RUN)/01_eda.ipynb -p data_dir $(DATA) -p out_dir $(RUN)/eda --log-level WARNING
+
+demo: eda
+	@echo "demo finished: executed notebooks and plots are in $(RUN)/"
+
+test: install
+	$(BIN)/python -m pytest tests -v -p no:cacheprovider
+
+# developer helpers: export the package from the notebooks, and clean the notebooks
+export: install
+	$(BIN)/nbdev-export
+clean-nbs: install
+	$(BIN)/nbdev-clean

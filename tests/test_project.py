@@ -1,0 +1,105 @@
+"""Project-level checks: the installed stack, notebook hygiene, the notebooks themselves (nbdev-test),
+and the command-line tools on real-photo and corrupted data. Notebook runs go one at a time: two torch
+jobs at once on 2 cores collapse both."""
+import filecmp, json, os, shutil, subprocess, sys
+from pathlib import Path
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+NBS = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", ".")))
+# job notebooks: papermill runs them, so each must keep its `parameters` cell
+JOB_NOTEBOOKS = ["01_eda.ipynb"]
+FAIRFACE = ROOT.parent / "shared" / "data" / "fairface_mask"
+
+
+def run(*cmd, cwd=ROOT, **kw):
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, **kw)
+
+
+def test_torch_pair_imports_and_runs():
+    "The pinned torch/torchvision pair imports side by side, torchvision's C++ ops load, timm builds and runs a model."
+    import torch, torchvision, timm
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
+    assert torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
+    model = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=18).eval()
+    with torch.no_grad(): out = model(torch.randn(2, 3, 128, 96))
+    assert out.shape == (2, 18) and torch.isfinite(out).all()
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"torch=={torch.__version__.split('+')[0]} torchvision=={torchvision.__version__.split('+')[0]}" in makefile
+
+
+def test_notebooks_are_clean(tmp_path):
+    "nbdev-clean leaves every notebook unchanged (run on copies, so the working tree is untouched)."
+    for name in NBS: shutil.copy(ROOT / "nbs" / name, tmp_path / name)
+    r = run(BIN / "nbdev-clean", "--fname", tmp_path)
+    assert r.returncode == 0, r.stderr
+    dirty = [n for n in NBS if not filecmp.cmp(ROOT / "nbs" / n, tmp_path / n, shallow=False)]
+    assert not dirty, f"notebooks not clean, run `make clean-nbs` and commit: {dirty}"
+
+
+def test_package_in_sync_with_notebooks(tmp_path):
+    "nbdev-export on a copy of the project reproduces mask_pstage/ exactly."
+    for item in ("pyproject.toml", "README.md"): shutil.copy(ROOT / item, tmp_path / item)
+    shutil.copytree(ROOT / "nbs", tmp_path / "nbs")
+    shutil.copytree(ROOT / "mask_pstage", tmp_path / "mask_pstage", ignore=shutil.ignore_patterns("__pycache__"))
+    r = run(BIN / "nbdev-export", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cmp = filecmp.dircmp(ROOT / "mask_pstage", tmp_path / "mask_pstage", ignore=["__pycache__"])
+    assert not (cmp.diff_files or cmp.left_only or cmp.right_only), \
+        f"package out of sync with nbs/, run `make export` and commit: {cmp.diff_files + cmp.left_only + cmp.right_only}"
+
+
+@pytest.mark.parametrize("name", JOB_NOTEBOOKS)
+def test_job_notebook_has_parameters_cell(name):
+    r = run(BIN / "papermill", "--help-notebook", ROOT / "nbs" / name)
+    assert r.returncode == 0, r.stderr
+    assert "No cell tagged 'parameters'" not in r.stdout + r.stderr, f"{name} lost its parameters cell"
+    assert "data_dir" in r.stdout
+
+
+@pytest.mark.parametrize("name", NBS)
+def test_notebook(name):
+    "nbdev-test, one notebook at a time (IN_TEST shrinks the job notebooks)."
+    r = run(BIN / "nbdev-test", ROOT / "nbs" / name, "--n-workers", "0", timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
+@pytest.mark.skipif(not FAIRFACE.is_dir(), reason="shared/data/fairface_mask is not beside the project")
+def test_fairface_validates_and_eda_runs_on_real_faces(tmp_path):
+    r = run(BIN / "mask-pstage-validate", FAIRFACE)
+    assert r.returncode == 0 and "no problems found" in r.stdout, r.stdout + r.stderr
+    out = tmp_path / "eda"
+    out.mkdir()
+    r = run(BIN / "papermill", ROOT / "nbs" / "01_eda.ipynb", out / "01_eda.ipynb", "-p", "data_dir", FAIRFACE,
+            "-p", "out_dir", out, "--log-level", "WARNING", timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["persons"], summary["train_images"], summary["eval_images"]) == (208, 1456, 490)
+    assert summary["image_sizes"] == {"192x256": 1946}
+    assert {"ages.png", "distributions.png", "samples.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_synth_cli_and_validator_on_a_corrupted_copy(tmp_path):
+    "The synthetic data validates cleanly; a corrupted copy is reported file by file."
+    data = tmp_path / "syn"
+    r = run(sys.executable, "-m", "mask_pstage.synth", "--out", data, "--persons", "12", "--eval-persons", "2", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    r = run(sys.executable, "-m", "mask_pstage.synth", "--out", data, "--persons", "12", "--eval-persons", "2")
+    assert r.returncode != 0 and "--overwrite" in r.stderr
+    r = run(BIN / "mask-pstage-validate", data)
+    assert r.returncode == 0 and "no problems found" in r.stdout, r.stdout
+    train = pd.read_csv(data / "train" / "train.csv", dtype=str)
+    images = data / "train" / "images"
+    first, second = images / train.path[0], images / train.path[1]
+    zero = next(first.glob("mask2.*")); zero.write_bytes(b"")
+    normal = next(second.glob("normal.*")); normal.unlink()
+    stray = images / "009999_male_Asian_33"; stray.mkdir()
+    r = run(BIN / "mask-pstage-validate", data)
+    assert r.returncode == 1
+    for path, what in [(zero, "empty (0 bytes)"), (second / "normal", "'normal' of person"), (stray, "not listed in train.csv")]:
+        at = r.stdout.index(f"{path}\n")  # the path, then on the next line what is wrong with it
+        assert what in r.stdout[at:].split("\n")[1], (path, r.stdout)
+    r = run(sys.executable, "-m", "mask_pstage.synth", "--score", data / "eval_truth.csv", "--out", data)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"public": 1.0, "private": 1.0, "all": 1.0}
