@@ -14,8 +14,10 @@ RUN        ?= outputs/demo
 PERSONS      ?= 300
 EVAL_PERSONS ?= 200
 SEED         ?= 0
+FOLD         ?= 0
+EPOCHS       ?= 12
 
-.PHONY: install data demo eda test clean-nbs export
+.PHONY: install data demo eda train test clean-nbs export bench
 
 install: $(VENV)/.installed
 
@@ -34,8 +36,14 @@ eda: data
 	mkdir -p $(RUN)
 	$(BIN)/papermill nbs/01_eda.ipynb $(RUN)/01_eda.ipynb -p data_dir $(DATA) -p out_dir $(RUN)/eda --log-level WARNING
 
-demo: eda
-	@echo "demo finished: executed notebooks and plots are in $(RUN)/"
+# one training fold on the demo data (from scratch: nothing is downloaded); re-running resumes or reuses it
+train: data
+	mkdir -p $(RUN)
+	$(BIN)/papermill nbs/03_train.ipynb $(RUN)/03_train_fold$(FOLD).ipynb -p data_dir $(DATA) -p out_dir $(RUN)/train/fold$(FOLD) \
+	  -p fold $(FOLD) -p pretrained false -p epochs $(EPOCHS) -p resume true --log-level WARNING
+
+demo: eda train
+	@echo "demo finished: executed notebooks, plots and the training run are in $(RUN)/"
 
 test: install
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider
@@ -45,3 +53,7 @@ export: install
 	$(BIN)/nbdev-export
 clean-nbs: install
 	$(BIN)/nbdev-clean
+
+# speed benchmark of the data paths and the training step (prints images/s); run it alone
+bench: install
+	$(BIN)/python bench/loader_speed.py

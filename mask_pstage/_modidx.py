@@ -49,6 +49,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'mask_pstage/preprocess.py'),
                                         'mask_pstage.preprocess.build_cache': ('preprocess.html#build_cache', 'mask_pstage/preprocess.py'),
                                         'mask_pstage.preprocess.cache_key': ('preprocess.html#cache_key', 'mask_pstage/preprocess.py'),
+                                        'mask_pstage.preprocess.collate_uint8': ( 'preprocess.html#collate_uint8',
+                                                                                  'mask_pstage/preprocess.py'),
                                         'mask_pstage.preprocess.load_image': ('preprocess.html#load_image', 'mask_pstage/preprocess.py'),
                                         'mask_pstage.preprocess.parse_size': ('preprocess.html#parse_size', 'mask_pstage/preprocess.py'),
                                         'mask_pstage.preprocess.to_input': ('preprocess.html#to_input', 'mask_pstage/preprocess.py')},

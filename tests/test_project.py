@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NBS = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", ".")))
 # job notebooks: papermill runs them, so each must keep its `parameters` cell
-JOB_NOTEBOOKS = ["01_eda.ipynb"]
+JOB_NOTEBOOKS = ["01_eda.ipynb", "03_train.ipynb"]
 FAIRFACE = ROOT.parent / "shared" / "data" / "fairface_mask"
 
 
@@ -53,10 +53,15 @@ def test_package_in_sync_with_notebooks(tmp_path):
 
 @pytest.mark.parametrize("name", JOB_NOTEBOOKS)
 def test_job_notebook_has_parameters_cell(name):
+    "papermill finds the `parameters` cell and can parse (and document) every parameter in it."
+    import re, papermill
     r = run(BIN / "papermill", "--help-notebook", ROOT / "nbs" / name)
     assert r.returncode == 0, r.stderr
     assert "No cell tagged 'parameters'" not in r.stdout + r.stderr, f"{name} lost its parameters cell"
-    assert "data_dir" in r.stdout
+    nb = json.loads((ROOT / "nbs" / name).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assigned = [m[1] for line in "".join(cell["source"]).splitlines() if (m := re.match(r"(\w+)\s*[:=]", line))]
+    assert list(papermill.inspect_notebook(str(ROOT / "nbs" / name))) == assigned, "papermill cannot parse some lines"
 
 
 @pytest.mark.parametrize("name", NBS)
@@ -103,3 +108,15 @@ def test_synth_cli_and_validator_on_a_corrupted_copy(tmp_path):
         assert what in r.stdout[at:].split("\n")[1], (path, r.stdout)
     r = run(sys.executable, "-m", "mask_pstage.synth", "--score", data / "eval_truth.csv", "--out", data)
     assert r.returncode == 0 and json.loads(r.stdout) == {"public": 1.0, "private": 1.0, "all": 1.0}
+
+
+def test_train_notebook_parameters_match_the_library():
+    "The parameters cell of 03_train.ipynb lists every TrainParams field with the same default."
+    import ast, papermill
+    from dataclasses import asdict
+    from mask_pstage.training import TrainParams
+    nb_params = papermill.inspect_notebook(str(ROOT / "nbs" / "03_train.ipynb"))
+    defaults = asdict(TrainParams())
+    assert list(nb_params) == list(defaults)
+    for name, info in nb_params.items():
+        assert ast.literal_eval(info["default"]) == defaults[name], name

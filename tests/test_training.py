@@ -1,0 +1,89 @@
+"""Training reliability: a run killed with SIGKILL mid-epoch and resumed ends exactly like an uninterrupted
+run; DistributedDataParallel on CPU (gloo, 2 processes) under torchrun; an unreadable image is named."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pandas as pd
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from mask_pstage.synth import generate
+    return generate(tmp_path_factory.mktemp("data") / "syn", persons=60, eval_persons=2, seed=5, workers=2, progress=False)
+
+
+def args(data, out, cache, **kw):
+    base = dict(data_dir=data, out_dir=out, cache_dir=cache, model="mobilenetv3_small_050", pretrained="false",
+                img_size="64x48", epochs=4, batch_size=16, n_folds=4, fold=1, optimizer="sgd", lr=0.05,
+                threads=2, strip_cutmix=0.3, ema="true")
+    base.update(kw)
+    return [a for k, v in base.items() for a in (f"--{k}", str(v))]
+
+
+def train_cli(*a, **kw):
+    return subprocess.run([sys.executable, "-m", "mask_pstage.training", *a], capture_output=True, text=True, **kw)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data, tmp_path):
+    cache = tmp_path / "cache"
+    r = train_cli(*args(data, tmp_path / "full", cache))
+    assert r.returncode == 0, r.stderr[-3000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mask_pstage.training", *args(data, killed, cache)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "history.csv").exists():  # epoch 0 finished and saved
+        time.sleep(0.05)
+    time.sleep(0.5)                                                          # now inside epoch 1
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = len(pd.read_csv(killed / "history.csv"))
+    assert 1 <= done < 4 and not (killed / "metrics.json").exists(), "the run was not killed mid-training"
+    r = train_cli(*args(data, killed, cache, resume="true"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming {killed} at epoch {done}" in r.stdout
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "full", killed))
+    for key in ("macro_f1", "accuracy", "f1_mask", "f1_gender", "f1_age", "f1_per_class", "best_epoch"):
+        assert a[key] == b[key], key
+    ha, hb = (pd.read_csv(d / "history.csv") for d in (tmp_path / "full", killed))
+    pd.testing.assert_frame_equal(ha[["epoch", "train_loss", "val_loss", "val_f1", "lr"]],
+                                  hb[["epoch", "train_loss", "val_loss", "val_f1", "lr"]], rtol=1e-6)
+    oa, ob = (pd.read_csv(d / "oof.csv") for d in (tmp_path / "full", killed))
+    pd.testing.assert_frame_equal(oa, ob, rtol=1e-5)
+
+
+def test_resume_refuses_changed_parameters_and_fresh_run_refuses_existing(data, tmp_path):
+    out = tmp_path / "run"
+    assert train_cli(*args(data, out, tmp_path / "cache", epochs=1)).returncode == 0
+    r = train_cli(*args(data, out, tmp_path / "cache", epochs=1))
+    assert r.returncode != 0 and "already holds a run" in r.stderr
+    r = train_cli(*args(data, out, tmp_path / "cache", epochs=2, resume="true", lr=0.1))
+    assert r.returncode != 0 and "parameters differ" in r.stderr and "'lr'" in r.stderr
+
+
+def test_torchrun_ddp_two_processes_on_cpu(data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "mask_pstage.training",
+           *args(data, out, tmp_path / "cache", epochs=2, threads=1, ema="false")]
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-4000:]
+    params = json.loads((out / "params.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert params["world_size"] == 2
+    assert 0 <= metrics["macro_f1"] <= 1 and len(pd.read_csv(out / "history.csv")) == 2
+    assert len(pd.read_csv(out / "oof.csv")) == metrics["n_val_images"] > 0
+
+
+def test_unreadable_image_is_named(data, tmp_path):
+    import shutil
+    from mask_pstage.training import train
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    victim = next((copy / "train" / "images").glob("*/mask3.*"))
+    victim.write_bytes(b"\xff\xd8\xff garbage, not a jpeg")
+    with pytest.raises(OSError, match=str(victim)):
+        train(data_dir=copy, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", model="mobilenetv3_small_050",
+              pretrained=False, img_size=(64, 48), epochs=1)
