@@ -87,3 +87,20 @@ def test_unreadable_image_is_named(data, tmp_path):
     with pytest.raises(OSError, match=str(victim)):
         train(data_dir=copy, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", model="mobilenetv3_small_050",
               pretrained=False, img_size=(64, 48), epochs=1)
+
+
+def test_many_options_in_one_short_run(data, tmp_path):
+    """bf16 autocast on CPU, OneCycle, multitask head, focal loss, MixUp/CutMix, class weights, label fixes, age threshold 58,
+    dropped boundary ages, gradient accumulation, the strong preset and training on all persons (fold -1)."""
+    out = tmp_path / "all"
+    r = train_cli(*args(data, out, tmp_path / "cache", epochs=1, fold=-1, amp="true", scheduler="onecycle", head="multitask",
+                        loss="focal+0.5*symmetric_ce", mixup=0.5, cutmix=0.3, strip_cutmix=0.0, class_weights="balanced",
+                        label_fix="common", age_threshold_train=58, drop_boundary_ages="27-29,57-59", grad_accum=2,
+                        augment="strong", optimizer="adamw", lr=0.001))
+    assert r.returncode == 0, r.stderr[-3000:]
+    params = json.loads((out / "params.json").read_text())
+    assert params["label_fix"]["name"] == "common" and params["n_val_images"] == 0
+    ages = pd.read_csv(data / "train" / "train.csv").age
+    assert params["n_train_images"] == 7 * int((~ages.isin([27, 28, 29, 57, 58, 59])).sum())
+    assert {"best.pt", "last.pt", "test.csv", "metrics.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "oof.csv").exists()
