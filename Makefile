@@ -15,9 +15,10 @@ PERSONS      ?= 300
 EVAL_PERSONS ?= 200
 SEED         ?= 0
 FOLD         ?= 0
+FOLDS        ?= 5
 EPOCHS       ?= 12
 
-.PHONY: install data demo eda train test clean-nbs export bench
+.PHONY: install data demo eda train pipeline test clean-nbs export bench
 
 install: $(VENV)/.installed
 
@@ -42,8 +43,14 @@ train: data
 	$(BIN)/papermill nbs/03_train.ipynb $(RUN)/03_train_fold$(FOLD).ipynb -p data_dir $(DATA) -p out_dir $(RUN)/train/fold$(FOLD) \
 	  -p fold $(FOLD) -p pretrained false -p epochs $(EPOCHS) -p resume true --log-level WARNING
 
-demo: eda train
-	@echo "demo finished: executed notebooks, plots and the training run are in $(RUN)/"
+# the whole pipeline (EDA, K folds, error analysis, ensemble, submission, score) on the demo data
+demo: data
+	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --folds $(FOLDS) \
+	  --train pretrained=false --train epochs=$(EPOCHS)
+
+# the same pipeline on real data, e.g. make pipeline DATA=data/competition RUN=outputs/exp1 TRAIN="--train model=resnet18"
+pipeline: install
+	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --folds $(FOLDS) $(TRAIN)
 
 test: install
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider

@@ -75,6 +75,7 @@ class TrainParams:
     overwrite: bool = False                # replace an existing run in out_dir
     max_images: int = 0                    # use about this many training images (0 = all; smoke runs)
     predict_eval: bool = True              # write test.csv with eval-set probabilities
+    save_last_k: int = 0                   # also keep the weights of the last K epochs (epoch{N}.pt), for weight averaging
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     threads: int = 0                       # torch CPU threads (0 = torch's default)
 
@@ -347,7 +348,7 @@ def _check_out_dir(out: Path, p: TrainParams):
     saved = out / "params.json"
     if p.resume and saved.exists():
         old = json.loads(saved.read_text())["params"]
-        ignore = {"resume", "overwrite", "epochs", "num_workers", "threads", "device", "cache_dir", "predict_eval"}
+        ignore = {"resume", "overwrite", "epochs", "num_workers", "threads", "device", "cache_dir", "predict_eval", "save_last_k"}
         diff = {k: (old.get(k), v) for k, v in asdict(p).items() if k not in ignore and json.loads(json.dumps(v)) != old.get(k)}
         if diff: raise ValueError(f"cannot resume {out}: parameters differ from the saved run (saved, given): {diff}")
     elif not p.resume and not p.overwrite and (out / "last.pt").exists():
@@ -479,6 +480,7 @@ def _train(p, out, device, rank, world, main):
             if improved: best_f1, best_epoch = (score if len(val_rows) else -1.0), epoch
             state = dict(model=_unwrap(eval_model()).state_dict() if ema is None else ema.module.state_dict(), epoch=epoch + 1)
             if improved: save_checkpoint(out / "best.pt", **state, best_f1=best_f1, params=asdict(p))
+            if epoch >= p.epochs - p.save_last_k: save_checkpoint(out / f"epoch{epoch:03d}.pt", model=_unwrap(model).state_dict(), epoch=epoch + 1)
             save_checkpoint(out / "last.pt", model=_unwrap(model).state_dict(), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict() if sched is not None else {}, scaler=scaler.state_dict(),
                             ema=ema.state_dict() if ema is not None else {}, epoch=epoch + 1, best_f1=best_f1,
