@@ -6,7 +6,7 @@ for mobilenetv3_small_100 and resnet18 at 128x96 (H x W).
 
     .venv/bin/python bench/loader_speed.py [--data DIR] [--images N] [--threads T]
 
-Without --data a synthetic set is generated into a temporary folder first. Run it alone: another
+Without --data a synthetic set is generated into a temporary folder first. Each figure is the median of 3 runs. Run it alone: another
 torch job on a 2-core machine halves every number.
 """
 import argparse, tempfile, time
@@ -71,14 +71,15 @@ def main():
     t0 = time.perf_counter()
     images = np.asarray(build_cache(paths, SIZE, tmp / "cache"))  # in memory, as during training after the first epoch
     build = len(paths) / (time.perf_counter() - t0)
-    a, b = baseline(paths), cached(images)
+    median = lambda f, *a: float(np.median([f(*a) for _ in range(3)]))  # the machine is noisy: median of 3
+    a, b = median(baseline, paths), median(cached, images)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(paths)} images of {data}, input {SIZE[0]}x{SIZE[1]}")
     print(f"{'path':58s} {'images/s':>9s}")
     print(f"{'(a) baseline: PIL open + Resize + ToTensor per access':58s} {a:9.0f}")
     print(f"{'    cache build (one-off: draft decode + resize + write)':58s} {build:9.0f}")
     print(f"{'(b) cached loader + base augmentation + normalise':58s} {b:9.0f}   {b / a:5.1f}x (a)")
     for name in ("mobilenetv3_small_100", "resnet18"):
-        c = train_step(name)
+        c = median(train_step, name)
         print(f"{'(c) train step alone, ' + name:58s} {c:9.0f}   (b) is {b / c:5.1f}x (c)")
 
 
