@@ -72,7 +72,7 @@ def write_summary(run: Path, seconds: float | None = None) -> dict:
                    oof_macro_f1=analysis.get("oof_macro_f1"), ensemble_oof_macro_f1=ensemble.get("oof_macro_f1"),
                    submission_score=ensemble.get("score"), noise_detection=analysis.get("noise_detection"),
                    pipeline_seconds=round(seconds, 1) if seconds else None)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    fmt = lambda v: (f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}") if isinstance(v, float) else str(v)
     lines = [f"# Run {run.name}", "", "| fold run | model | size | macro F1 | mask | gender | age | seconds |", "|---|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in folds[cols].iterrows()]
     lines += ["", f"- folds: macro F1 {summary['fold_macro_f1_mean']:.4f} +- {summary['fold_macro_f1_std']:.4f}"]
