@@ -10,14 +10,12 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from PIL import Image
-from .core import (AGE_BANDS, GENDERS, MASKS, N_CLASSES, class_names, classification_metrics, decode_label,
+from .core import (AGE_BANDS, GENDERS, MASKS, N_CLASSES, PROB_COLUMNS, class_names, classification_metrics, decode_label,
                               read_train, resolve_path, write_csv, atomic_path)
 
-PROB_COLUMNS = [f"p{c}" for c in range(N_CLASSES)]
-
 # %% auto #0
-__all__ = ['PROB_COLUMNS', 'find_runs', 'run_params', 'load_oof', 'fold_table', 'covers_all_persons', 'confusion_plots',
-           'per_class_table', 'age_error_table', 'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection']
+__all__ = ['find_runs', 'run_params', 'load_oof', 'fold_table', 'covers_all_persons', 'confusion_plots', 'per_class_table',
+           'age_error_table', 'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection']
 
 # %% ../nbs/04_error_analysis.ipynb #5782f121
 def find_runs(spec) -> list[Path]:

@@ -11,17 +11,19 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'SCORING_AGE_THRESHOLD', 'STEM_TO_MASK', 'IMAGE_STEMS', 'IMAGE_EXTS',
-           'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES', 'age_band', 'encode_label', 'decode_label', 'class_names',
-           'project_root', 'resolve_path', 'in_test', 'atomic_path', 'write_csv', 'Problem', 'LayoutError',
-           'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'validate_layout', 'format_report',
-           'validate_main', 'label_fix_table', 'apply_label_fixes', 'classification_metrics', 'assign_folds']
+__all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORING_AGE_THRESHOLD', 'STEM_TO_MASK', 'IMAGE_STEMS',
+           'IMAGE_EXTS', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES', 'age_band', 'encode_label', 'decode_label',
+           'class_names', 'project_root', 'resolve_path', 'in_test', 'atomic_path', 'write_csv', 'Problem',
+           'LayoutError', 'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'validate_layout',
+           'format_report', 'validate_main', 'label_fix_table', 'apply_label_fixes', 'classification_metrics',
+           'assign_folds']
 
 # %% ../nbs/00_core.ipynb #2fde608a
 MASKS = ("wear", "incorrect", "not_wear")
 GENDERS = ("male", "female")
 AGE_BANDS = ("<30", "30-59", ">=60")
 N_CLASSES = len(MASKS) * len(GENDERS) * len(AGE_BANDS)
+PROB_COLUMNS = [f"p{c}" for c in range(N_CLASSES)]  # the 18 probability columns of every predictions table
 SCORING_AGE_THRESHOLD = 60  # the competition's own boundary; train with another, score with this
 STEM_TO_MASK = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
 IMAGE_STEMS = tuple(STEM_TO_MASK)

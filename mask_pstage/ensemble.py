@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import N_CLASSES, classification_metrics, read_eval, resolve_path, atomic_path, write_csv
-from .analysis import find_runs, run_params, load_oof, covers_all_persons, PROB_COLUMNS
+from .core import N_CLASSES, PROB_COLUMNS, classification_metrics, read_eval, resolve_path, atomic_path, write_csv
+from .analysis import find_runs, run_params, load_oof, covers_all_persons
 
 METHODS = ("soft", "hard", "weighted")
 

@@ -13,14 +13,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-from .core import (N_CLASSES, LABEL_FIX_NAMES, SCORING_AGE_THRESHOLD, age_band, encode_label, read_train,
+from .core import (N_CLASSES, PROB_COLUMNS, LABEL_FIX_NAMES, SCORING_AGE_THRESHOLD, age_band, encode_label, read_train,
                               read_eval, apply_label_fixes, require_data_dir, assign_folds, classification_metrics, resolve_path,
                               atomic_path, write_csv, in_test)
 from .preprocess import AUGMENT_PRESETS, build_augment, build_cache, CachedImages, collate_uint8, to_input, parse_size
 
 # %% auto #0
-__all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'LOSSES', 'PROB_COLUMNS', 'TrainParams',
-           'parse_loss', 'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'count_macs', 'ce_loss',
+__all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'LOSSES', 'TrainParams', 'parse_loss',
+           'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'count_macs', 'ce_loss',
            'label_smoothing_loss', 'focal_loss', 'f1_loss', 'symmetric_ce_loss', 'build_loss', 'seed_epoch',
            'EpochSampler', 'strip_cutmix', 'prepare_data', 'build_optimizer', 'build_scheduler', 'setup_device',
            'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
@@ -338,8 +338,6 @@ def load_checkpoint(path) -> dict:
 def _unwrap(model): return model.module if hasattr(model, "module") else model
 
 # %% ../nbs/03a_training.ipynb #ac1d867f
-PROB_COLUMNS = [f"p{c}" for c in range(N_CLASSES)]
-
 def _json(path, obj):
     with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=1, default=str))
 
