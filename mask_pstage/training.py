@@ -365,8 +365,8 @@ def train(params=None, **overrides) -> dict:
 
 def _train(p, out, device, rank, world, main):
     t_start = time.time()
+    _check_out_dir(out, p)  # on every rank: a refusal must stop all processes, not leave them waiting at a barrier
     if main:
-        _check_out_dir(out, p)
         out.mkdir(parents=True, exist_ok=True)
         if p.overwrite and not p.resume:
             for f in ("last.pt", "best.pt", "history.csv", "metrics.json", "oof.csv", "test.csv"): (out / f).unlink(missing_ok=True)
