@@ -264,8 +264,10 @@ def generate(out, persons: int = 2700, eval_persons: int = 1800, seed: int = 0, 
     "Write a synthetic competition to `out` (train/, eval/, eval_truth.csv, label_noise.csv, persons.csv)."
     out = resolve_path(out) if not Path(out).is_absolute() else Path(out)
     if persons < 1 or eval_persons < 1: raise ValueError(f"persons ({persons}) and eval_persons ({eval_persons}) must be >= 1")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) or choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite: raise FileExistsError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) or choose another --out")
+        if not (out / "synth.json").exists():  # never wipe real data or an unrelated folder
+            raise FileExistsError(f"{out} is not a synthetic dataset (no synth.json): refusing to overwrite it; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -300,8 +302,10 @@ def generate(out, persons: int = 2700, eval_persons: int = 1800, seed: int = 0, 
         info = dict(generator="mask_pstage.synth", seed=seed, persons=persons, eval_persons=eval_persons,
                     images=n_img, seconds=round(time.time() - t0, 1), workers=workers)
         (tmp / "synth.json").write_text(json.dumps(info, indent=1))
-        if out.exists(): shutil.rmtree(out)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists(): os.replace(out, old)  # set the old copy aside until the new one is in place
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return out

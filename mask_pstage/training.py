@@ -369,7 +369,10 @@ def _train(p, out, device, rank, world, main):
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if p.overwrite and not p.resume:
-            for f in ("last.pt", "best.pt", "history.csv", "metrics.json", "oof.csv", "test.csv"): (out / f).unlink(missing_ok=True)
+            import shutil  # clear the whole previous run, so no stale file (epoch checkpoints, events) mixes with the new one
+            for f in [*out.glob("epoch*.pt"), *(out / n for n in ("last.pt", "best.pt", "history.csv", "metrics.json", "oof.csv",
+                                                                  "test.csv", "params.json", "curves.png"))]: f.unlink(missing_ok=True)
+            shutil.rmtree(out / "tb", ignore_errors=True)
     if main: data = prepare_data(p)         # rank 0 builds the caches; the others then open them
     _barrier(world)
     if not main: data = prepare_data(p)
@@ -461,14 +464,15 @@ def _train(p, out, device, rank, world, main):
         train_seconds = time.time() - t0
         row = dict(epoch=epoch, train_loss=loss_sum / max(n_batches, 1), lr=opt.param_groups[0]["lr"],
                    seconds=round(train_seconds, 2), images_per_s=round(seen / max(train_seconds, 1e-9), 1))
-        metric = torch.tensor([row["train_loss"] * -1.0])
+        metric_device = device if world > 1 and torch.distributed.get_backend() == "nccl" else "cpu"  # NCCL broadcasts GPU tensors only
+        metric = torch.tensor([row["train_loss"] * -1.0], device=metric_device)
         if main and len(val_rows):
             probs = predict(eval_model(), data["images"], val_rows, mean, std, device, channels_last=p.channels_last, amp=p.amp)
             y_val = table.label.to_numpy()[val_rows]
             m = classification_metrics(y_val, probs)
             row.update(val_loss=float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-8)), torch.from_numpy(y_val)).item()),
                        val_f1=m["macro_f1"], val_acc=m["accuracy"], val_f1_mask=m["f1_mask"], val_f1_gender=m["f1_gender"], val_f1_age=m["f1_age"])
-            metric = torch.tensor([m["macro_f1"]])
+            metric = torch.tensor([m["macro_f1"]], device=metric_device)
         if world > 1: torch.distributed.broadcast(metric, 0)
         if sched_kind == "timm": sched.step(epoch + 1, metric.item())
         history.append(row)
