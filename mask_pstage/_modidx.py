@@ -145,6 +145,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'mask_pstage.training.create_model': ('training.html#create_model', 'mask_pstage/training.py'),
                                       'mask_pstage.training.f1_loss': ('training.html#f1_loss', 'mask_pstage/training.py'),
                                       'mask_pstage.training.focal_loss': ('training.html#focal_loss', 'mask_pstage/training.py'),
+                                      'mask_pstage.training.input_norm': ('training.html#input_norm', 'mask_pstage/training.py'),
                                       'mask_pstage.training.label_smoothing_loss': ( 'training.html#label_smoothing_loss',
                                                                                      'mask_pstage/training.py'),
                                       'mask_pstage.training.load_checkpoint': ('training.html#load_checkpoint', 'mask_pstage/training.py'),

@@ -20,7 +20,7 @@ from .preprocess import AUGMENT_PRESETS, build_augment, build_cache, CachedImage
 
 # %% auto #0
 __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'LOSSES', 'TrainParams', 'parse_loss',
-           'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'count_macs', 'ce_loss',
+           'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'input_norm', 'count_macs', 'ce_loss',
            'label_smoothing_loss', 'focal_loss', 'f1_loss', 'symmetric_ce_loss', 'build_loss', 'seed_epoch',
            'EpochSampler', 'strip_cutmix', 'prepare_data', 'build_optimizer', 'build_scheduler', 'setup_device',
            'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
@@ -170,6 +170,11 @@ def create_model(model: str, head: str = "single", pretrained: bool = False, wei
         net = nn.Sequential(net, FactorizedHead())
         net.pretrained_cfg = net[0].pretrained_cfg
     return net
+
+def input_norm(model: nn.Module) -> tuple:
+    "(mean, std) the model expects its inputs normalised with (ImageNet's when its config has none)."
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
 
 def count_macs(model: nn.Module, img_size) -> tuple[int, int]:
     "(MACs, params) with ptflops at input (3, H, W), activations ignored, as the lightweight competition counted."
@@ -381,7 +386,7 @@ def _train(p, out, device, rank, world, main):
 
     seed_epoch(p.seed, 0)
     model = create_model(p.model, p.head, p.pretrained, p.weights_path)
-    mean, std = model.pretrained_cfg.get("mean", (0.485, 0.456, 0.406)), model.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
+    mean, std = input_norm(model)
     macs, n_params = count_macs(model, p.img_size)
     model = model.to(device)
     if p.channels_last: model = model.to(memory_format=torch.channels_last)
