@@ -16,14 +16,15 @@ import timm
 from .core import (N_CLASSES, PROB_COLUMNS, LABEL_FIX_NAMES, SCORING_AGE_THRESHOLD, age_band, encode_label, read_train,
                               read_eval, apply_label_fixes, require_data_dir, assign_folds, classification_metrics, resolve_path,
                               atomic_path, write_csv, in_test)
-from .preprocess import AUGMENT_PRESETS, build_augment, build_cache, CachedImages, collate_uint8, to_input, parse_size
+from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, build_augment, build_cache, CachedImages, collate_uint8, to_input,
+                                    parse_size, face_boxes, crop_boxes, crop_aspect_ratio, BOX_COLUMNS)
 
 # %% auto #0
-__all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'LOSSES', 'TrainParams', 'parse_loss',
-           'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'input_norm', 'count_macs', 'ce_loss',
-           'label_smoothing_loss', 'focal_loss', 'f1_loss', 'symmetric_ce_loss', 'build_loss', 'seed_epoch',
-           'EpochSampler', 'strip_cutmix', 'prepare_data', 'build_optimizer', 'build_scheduler', 'setup_device',
-           'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
+__all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'CROP_ASPECTS', 'LOSSES', 'TrainParams',
+           'parse_loss', 'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'input_norm', 'count_macs',
+           'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss', 'symmetric_ce_loss', 'build_loss', 'seed_epoch',
+           'EpochSampler', 'strip_cutmix', 'prepare_data', 'face_crops', 'build_optimizer', 'build_scheduler',
+           'setup_device', 'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
 
 # %% ../nbs/03a_training.ipynb #63d183bb
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
@@ -31,7 +32,8 @@ SCHEDULERS = ("none", "step", "cosine", "cyclic", "plateau", "onecycle")
 HEADS = ("single", "multitask")
 SAMPLERS = ("none", "weighted")
 CLASS_WEIGHTS = ("none", "balanced")
-CROPS = ("none",)
+CROPS = ("none", "face")
+CROP_ASPECTS = ("model", "square")
 
 @dataclass
 class TrainParams:
@@ -68,7 +70,11 @@ class TrainParams:
     age_threshold_train: int = 60          # "old" for training labels (e.g. 58); scoring always uses 60
     drop_boundary_ages: str = ""           # ages left out of training, e.g. "27-29,57-59"
     augment: str = "base"                  # none | light | base | strong
-    crop: str = "none"
+    crop: str = "none"                     # none | face (cached face boxes: identical crops for train, val and eval images)
+    face_detector: str = "mtcnn"           # detector for face crops (see nbs/02_preprocess.ipynb)
+    face_boxes: str = ""                   # face box CSV (default: beside the data, or under cache_dir when the data is read-only)
+    crop_margin: float = 0.3               # grow the face box by this share of its size on every side
+    crop_aspect: str = "model"             # model (img_size's height/width) | square
     num_workers: int = 0
     cache_dir: str = "outputs/cache"
     resume: bool = False                   # continue from out_dir/last.pt
@@ -132,7 +138,8 @@ def make_params(params=None, **overrides) -> TrainParams:
     from timm.optim import list_optimizers
     _choice("optimizer", p.optimizer, list_optimizers())
     for name, choices in (("scheduler", SCHEDULERS), ("head", HEADS), ("sampler", SAMPLERS), ("class_weights", CLASS_WEIGHTS),
-                          ("augment", AUGMENT_PRESETS), ("label_fix", LABEL_FIX_NAMES), ("crop", CROPS)):
+                          ("augment", AUGMENT_PRESETS), ("label_fix", LABEL_FIX_NAMES), ("crop", CROPS),
+                          ("face_detector", FACE_DETECTORS), ("crop_aspect", CROP_ASPECTS)):
         _choice(name, getattr(p, name), choices)
     if not -1 <= p.fold < p.n_folds: raise ValueError(f"fold={p.fold} must be in -1..{p.n_folds - 1} (n_folds={p.n_folds}); -1 trains on all persons")
     for name in ("epochs", "batch_size", "grad_accum", "n_folds"):
@@ -143,6 +150,7 @@ def make_params(params=None, **overrides) -> TrainParams:
     if not 30 < p.age_threshold_train <= 120: raise ValueError(f"age_threshold_train={p.age_threshold_train} must be in 31..120")
     if p.weights_path and not resolve_path(p.weights_path).is_file(): raise ValueError(f"weights_path {p.weights_path} does not exist")
     if p.lr <= 0: raise ValueError(f"lr={p.lr} must be > 0")
+    if not 0 <= p.crop_margin <= 2: raise ValueError(f"crop_margin={p.crop_margin} must be in 0..2 (a share of the face box size per side)")
     if not p.out_dir: p.out_dir = f"outputs/train/{p.model}_fold{p.fold}"
     return p
 
@@ -262,13 +270,28 @@ def prepare_data(p: TrainParams, cache: bool = True) -> dict:
     val_rows = table.index[table.fold == p.fold].to_numpy() if p.fold >= 0 else np.array([], int)
     dropped = parse_ages(p.drop_boundary_ages)
     if dropped: train_rows = train_rows[~np.isin(table.age_train.to_numpy()[train_rows], dropped)]
-    out = dict(table=table, train_rows=train_rows, val_rows=val_rows, label_fix=fixed.attrs["label_fix"])
+    out = dict(table=table, train_rows=train_rows, val_rows=val_rows, label_fix=fixed.attrs["label_fix"], crop=dict(name=p.crop))
     if cache:
-        out["images"] = build_cache(table.path, p.img_size, p.cache_dir, p.crop, progress=not in_test())
-        if p.predict_eval:
-            evals = read_eval(p.data_dir)
+        evals = read_eval(p.data_dir) if p.predict_eval else None
+        crops = face_crops(p, [table.path] + ([evals.path] if evals is not None else []), out["crop"]) if p.crop == "face" else None
+        out["images"] = build_cache(table.path, p.img_size, p.cache_dir, None if crops is None else crops[0], progress=not in_test())
+        if evals is not None:
             out["eval"] = evals
-            out["eval_images"] = build_cache(evals.path, p.img_size, p.cache_dir, p.crop, progress=not in_test())
+            out["eval_images"] = build_cache(evals.path, p.img_size, p.cache_dir, None if crops is None else crops[1], progress=not in_test())
+    return out
+
+def face_crops(p: TrainParams, path_lists, record: dict) -> list[np.ndarray]:
+    "Crop boxes for each list of image paths from the data folder's cached face boxes (detected on first use); fills `record`."
+    root = resolve_path(p.data_dir)
+    boxes = face_boxes(root, p.face_detector, p.face_boxes or None, p.cache_dir, progress=not in_test()).set_index("path")
+    aspect = crop_aspect_ratio(p.crop_aspect, p.img_size)
+    out = []
+    for paths in path_lists:
+        b = boxes.loc[[os.path.relpath(x, root) for x in paths]]
+        out.append(crop_boxes(b[BOX_COLUMNS].to_numpy(float), b.width.to_numpy(), b.height.to_numpy(), p.crop_margin, aspect))
+    record.update(detector=p.face_detector, boxes_file=boxes.attrs.get("file"), margin=p.crop_margin, aspect=round(aspect, 4),
+                  detected=int((boxes.source == "detected").sum()), fallback=int((boxes.source == "fallback").sum()),
+                  fallback_box=list(boxes.attrs["fallback_box"]), fallback_from=boxes.attrs["fallback_from"])
     return out
 
 # %% ../nbs/03a_training.ipynb #dde31edd
@@ -433,7 +456,7 @@ def _train(p, out, device, rank, world, main):
         if main: print(f"resuming {out} at epoch {start_epoch} (best macro F1 {best_f1:.4f} at epoch {best_epoch})")
     if main:
         import timm as _timm, albumentations as _alb
-        _json(out / "params.json", dict(params=asdict(p), label_fix=data["label_fix"], world_size=world, device=str(device),
+        _json(out / "params.json", dict(params=asdict(p), label_fix=data["label_fix"], crop=data["crop"], world_size=world, device=str(device),
                                         n_train_images=len(train_rows), n_val_images=len(val_rows), n_persons=int(table.person_id.nunique()),
                                         versions=dict(torch=torch.__version__, timm=_timm.__version__, albumentations=_alb.__version__,
                                                       python=platform.python_version())))
