@@ -61,6 +61,7 @@ export: install
 clean-nbs: install
 	$(BIN)/nbdev-clean
 
-# speed benchmark of the data paths and the training step (prints images/s); run it alone
+# speed benchmarks of the data paths, the training step and face detection (print images/s); run them alone
 bench: install
 	$(BIN)/python bench/loader_speed.py
+	$(BIN)/python bench/face_detection.py

@@ -104,3 +104,30 @@ def test_many_options_in_one_short_run(data, tmp_path):
     assert params["n_train_images"] == 7 * int((~ages.isin([27, 28, 29, 57, 58, 59])).sum())
     assert {"best.pt", "last.pt", "test.csv", "metrics.json"} <= {p.name for p in out.iterdir()}
     assert not (out / "oof.csv").exists()
+
+
+def test_face_crops_are_the_same_for_train_and_eval_images(data, tmp_path, capsys):
+    """crop=face: faces are detected once into a CSV beside the data; train and eval images are cropped by the
+    same policy from it (fallback box where no face was found); margin/aspect changes reuse the detection."""
+    import numpy as np
+    from mask_pstage.training import make_params, prepare_data
+    from mask_pstage.preprocess import load_image, crop_boxes, BOX_COLUMNS, face_boxes_path
+    p = make_params(data_dir=data, cache_dir=tmp_path / "cache", crop="face", img_size="64x48", n_folds=4, pretrained=False)
+    d = prepare_data(p)
+    boxes = pd.read_csv(face_boxes_path(data), dtype={"path": str}).set_index("path")
+    assert len(boxes) == len(d["table"]) + len(d["eval"]) and set(boxes.source) <= {"detected", "fallback"}
+    assert d["crop"]["detected"] + d["crop"]["fallback"] == len(boxes) and d["crop"]["detected"] > 0
+    for table, images in ((d["table"], d["images"]), (d["eval"], d["eval_images"])):
+        for i in (0, len(table) - 1):
+            b = boxes.loc[str(Path(table.path[i]).relative_to(data))]
+            crop = crop_boxes(b[BOX_COLUMNS].to_numpy(float), b.width, b.height, 0.3, 64 / 48)[0]
+            assert (np.asarray(images[i]) == load_image(table.path[i], (64, 48), crop)).all()
+    assert "detecting faces in" in capsys.readouterr().out
+    mtime = face_boxes_path(data).stat().st_mtime_ns
+    square = prepare_data(make_params(p, crop_margin=0.1, crop_aspect="square"))
+    assert square["crop"]["aspect"] == 1.0 and not (np.asarray(square["images"][0]) == np.asarray(d["images"][0])).all()
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4   # two crops x (train, eval)
+    assert "detecting faces in" not in capsys.readouterr().out  # another crop reuses the detection
+    assert face_boxes_path(data).stat().st_mtime_ns == mtime    # and leaves the finished box file untouched
+    for bad, msg in (dict(crop_margin=3), "crop_margin"), (dict(crop_aspect="wide"), "crop_aspect"), (dict(face_detector="yolo"), "face_detector"):
+        with pytest.raises(ValueError, match=msg): make_params(p, **bad)
