@@ -29,10 +29,10 @@ def average_checkpoints(run: Path, k: int) -> dict:
 
 def repredict(run: Path, tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(oof, test) probabilities of `run` recomputed from its checkpoint(s), with optional flip TTA."
-    from mask_pstage.training import make_params, prepare_data, create_model, load_checkpoint, predict, input_norm
+    from mask_pstage.training import make_params, prepare_data, make_model, load_checkpoint, predict, input_norm
     p = make_params(run_params(run))
     data = prepare_data(p)
-    model = create_model(p.model, p.head, False, "")
+    model = make_model(p, pretrained=False)
     model.load_state_dict(average_checkpoints(run, average_last) if average_last else load_checkpoint(run / "best.pt")["model"])
     mean, std = input_norm(model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -21,10 +21,11 @@ from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, build_augment, build_c
 
 # %% auto #0
 __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'CROP_ASPECTS', 'LOSSES', 'TrainParams',
-           'parse_loss', 'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'input_norm', 'count_macs',
-           'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss', 'symmetric_ce_loss', 'build_loss', 'seed_epoch',
-           'EpochSampler', 'strip_cutmix', 'prepare_data', 'face_crops', 'build_optimizer', 'build_scheduler',
-           'setup_device', 'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
+           'parse_loss', 'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'save_model', 'load_model',
+           'make_model', 'input_norm', 'count_macs', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss',
+           'symmetric_ce_loss', 'kd_loss', 'teacher_probabilities', 'build_loss', 'seed_epoch', 'EpochSampler',
+           'strip_cutmix', 'prepare_data', 'face_crops', 'build_optimizer', 'build_scheduler', 'setup_device',
+           'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
 
 # %% ../nbs/03a_training.ipynb #63d183bb
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
@@ -84,6 +85,11 @@ class TrainParams:
     save_last_k: int = 0                   # also keep the weights of the last K epochs (epoch{N}.pt), for weight averaging
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     threads: int = 0                       # torch CPU threads (0 = torch's default)
+    init_model: str = ""                   # a whole saved model (e.g. pruned in nbs/06_lightweight.ipynb) to start from instead of `model`
+    teacher_runs: str = ""                 # knowledge distillation from these run folders' saved probabilities (comma-separated)
+    kd_temperature: float = 4.0            # softens teacher and student distributions
+    kd_alpha: float = 0.5                  # weight of the distillation term; the label loss gets 1 - kd_alpha
+    predict_train: bool = True             # write train.csv: probabilities of the training images (targets for students)
 
 # %% ../nbs/03a_training.ipynb #7e644a21
 def _to_bool(v, name):
@@ -108,6 +114,8 @@ def parse_loss(spec: str) -> list[tuple[float, str]]:
             raise ValueError(f"unknown loss term {part!r} in loss={spec!r}; use {list(LOSS_NAMES)} or weighted sums like '0.25*ce+f1'")
         terms.append((float(m[1]) if m[1] else 1.0, m[2]))
     return terms
+
+def _split_runs(spec: str) -> list[str]: return [s.strip() for s in str(spec).split(",") if s.strip()]
 
 def parse_ages(spec: str) -> list[int]:
     "'27-29,57-59' -> [27, 28, 29, 57, 58, 59]"
@@ -150,6 +158,13 @@ def make_params(params=None, **overrides) -> TrainParams:
     if not 30 < p.age_threshold_train <= 120: raise ValueError(f"age_threshold_train={p.age_threshold_train} must be in 31..120")
     if p.weights_path and not resolve_path(p.weights_path).is_file(): raise ValueError(f"weights_path {p.weights_path} does not exist")
     if p.lr <= 0: raise ValueError(f"lr={p.lr} must be > 0")
+    if p.init_model and not resolve_path(p.init_model).is_file(): raise ValueError(f"init_model {p.init_model} does not exist; save one with save_model")
+    for run in _split_runs(p.teacher_runs):
+        if not resolve_path(run).is_dir(): raise ValueError(f"teacher run folder {run} (in teacher_runs) does not exist")
+    if p.teacher_runs:
+        if p.kd_temperature <= 0: raise ValueError(f"kd_temperature={p.kd_temperature} must be > 0")
+        if not 0 <= p.kd_alpha <= 1: raise ValueError(f"kd_alpha={p.kd_alpha} must be in 0..1")
+        if p.mixup or p.cutmix or p.strip_cutmix: raise ValueError("distillation (teacher_runs) cannot be combined with mixup, cutmix or strip_cutmix: the teacher's targets belong to unmixed images")
     if not 0 <= p.crop_margin <= 2: raise ValueError(f"crop_margin={p.crop_margin} must be in 0..2 (a share of the face box size per side)")
     if not p.out_dir: p.out_dir = f"outputs/train/{p.model}_fold{p.fold}"
     return p
@@ -178,6 +193,21 @@ def create_model(model: str, head: str = "single", pretrained: bool = False, wei
         net = nn.Sequential(net, FactorizedHead())
         net.pretrained_cfg = net[0].pretrained_cfg
     return net
+
+def save_model(model: nn.Module, path) -> Path:
+    "Save a whole model, architecture included (for pruned models, whose shapes no name describes), atomically."
+    with atomic_path(path) as tmp: torch.save(model, tmp)
+    return Path(path)
+
+def load_model(path) -> nn.Module:
+    "A model saved by `save_model`. This unpickles code: load only files you made or trust."
+    try: return torch.load(resolve_path(path), map_location="cpu", weights_only=False)
+    except Exception as e: raise RuntimeError(f"cannot load model file {path} ({type(e).__name__}: {e}); save it with save_model") from None
+
+def make_model(p, pretrained: bool | None = None) -> nn.Module:
+    "The model of run `p`: its `init_model` file if set, else the timm model `p.model` with its head."
+    if p.init_model: return load_model(p.init_model)
+    return create_model(p.model, p.head, p.pretrained if pretrained is None else pretrained, p.weights_path if pretrained is not False else "")
 
 def input_norm(model: nn.Module) -> tuple:
     "(mean, std) the model expects its inputs normalised with (ImageNet's when its config has none)."
@@ -219,6 +249,23 @@ def symmetric_ce_loss(logits, t, weight=None, alpha=1.0, beta=1.0):
     return alpha * F.cross_entropy(logits, t, weight=weight) + beta * rce
 
 LOSSES = dict(ce=ce_loss, focal=focal_loss, label_smoothing=label_smoothing_loss, f1=f1_loss, symmetric_ce=symmetric_ce_loss)
+
+def kd_loss(logits, teacher_probs, temperature: float = 4.0):
+    "Distillation from saved probabilities: KL(teacher_T || student_T) * T^2, as timm's LogitDistillationTask; rows without a teacher (NaN) add nothing."
+    have = torch.isfinite(teacher_probs).all(1)
+    if not have.any(): return logits.sum() * 0.0
+    teacher = (teacher_probs[have].clamp_min(1e-8).log() / temperature).log_softmax(1)  # softmax(log p / T) = p^(1/T), renormalised
+    student = (logits[have] / temperature).log_softmax(1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature ** 2 * have.float().mean()
+
+def teacher_probabilities(teacher_runs: str, paths) -> np.ndarray:
+    "(len(paths), 18) mean probabilities of the teacher runs (an ensemble when several) from their train.csv and oof.csv; NaN rows where none has the image."
+    per_run = []
+    for run in map(resolve_path, _split_runs(teacher_runs)):
+        files = [run / n for n in ("train.csv", "oof.csv") if (run / n).exists()]
+        if not files: raise ValueError(f"teacher run {run} has no train.csv or oof.csv; train it with predict_train=true (the default)")
+        per_run.append(pd.concat([pd.read_csv(f, usecols=["path", *PROB_COLUMNS]) for f in files]).groupby("path").mean())
+    return pd.concat(per_run).groupby(level=0).mean().reindex([str(x) for x in paths]).to_numpy(np.float32)
 
 def build_loss(spec: str, weight=None):
     "A loss function from a spec like 'ce' or '0.25*ce+f1'."
@@ -374,8 +421,9 @@ def _check_out_dir(out: Path, p: TrainParams):
     saved = out / "params.json"
     if p.resume and saved.exists():
         old = json.loads(saved.read_text())["params"]
-        ignore = {"resume", "overwrite", "epochs", "num_workers", "threads", "device", "cache_dir", "predict_eval", "save_last_k"}
-        diff = {k: (old.get(k), v) for k, v in asdict(p).items() if k not in ignore and json.loads(json.dumps(v)) != old.get(k)}
+        ignore = {"resume", "overwrite", "epochs", "num_workers", "threads", "device", "cache_dir", "predict_eval", "save_last_k", "predict_train"}
+        defaults = json.loads(json.dumps(asdict(TrainParams())))  # a parameter newer than the saved run counts as its default
+        diff = {k: (old.get(k, defaults[k]), v) for k, v in asdict(p).items() if k not in ignore and json.loads(json.dumps(v)) != old.get(k, defaults[k])}
         if diff: raise ValueError(f"cannot resume {out}: parameters differ from the saved run (saved, given): {diff}")
     elif not p.resume and not p.overwrite and (out / "last.pt").exists():
         raise FileExistsError(f"{out} already holds a run; pass resume=True to continue it, overwrite=True to replace it, or another out_dir")
@@ -399,7 +447,7 @@ def _train(p, out, device, rank, world, main):
         if p.overwrite and not p.resume:
             import shutil  # clear the whole previous run, so no stale file (epoch checkpoints, events) mixes with the new one
             for f in [*out.glob("epoch*.pt"), *(out / n for n in ("last.pt", "best.pt", "history.csv", "metrics.json", "oof.csv",
-                                                                  "test.csv", "params.json", "curves.png"))]: f.unlink(missing_ok=True)
+                                                                  "test.csv", "train.csv", "params.json", "curves.png"))]: f.unlink(missing_ok=True)
             shutil.rmtree(out / "tb", ignore_errors=True)
     if main: data = prepare_data(p)         # rank 0 builds the caches; the others then open them
     _barrier(world)
@@ -408,7 +456,7 @@ def _train(p, out, device, rank, world, main):
     labels = table.label_train.to_numpy()
 
     seed_epoch(p.seed, 0)
-    model = create_model(p.model, p.head, p.pretrained, p.weights_path)
+    model = make_model(p)
     mean, std = input_norm(model)
     macs, n_params = count_macs(model, p.img_size)
     model = model.to(device)
@@ -428,7 +476,20 @@ def _train(p, out, device, rank, world, main):
     sample_weights = (1.0 / np.maximum(counts, 1))[labels[train_rows]] if p.sampler == "weighted" else None
     sampler = EpochSampler(len(train_rows), sample_weights, p.seed, rank, world)
     augment = build_augment(p.augment, seed=p.seed)
-    ds = CachedImages(data["images"], train_rows, labels[train_rows], augment)
+    label_t = torch.as_tensor(labels)
+    teacher_t, distill = None, None
+    if p.teacher_runs:
+        teacher = teacher_probabilities(p.teacher_runs, table.path)
+        covered = np.isfinite(teacher).all(1)
+        if not covered[train_rows].any(): raise ValueError(f"teacher_runs {p.teacher_runs} have no probabilities for the training images of {p.data_dir}; were they trained on this data folder?")
+        teacher_t = torch.as_tensor(teacher)
+        distill = dict(teachers=_split_runs(p.teacher_runs), temperature=p.kd_temperature, alpha=p.kd_alpha,
+                       train_coverage=round(float(covered[train_rows].mean()), 4))
+        seen = _teacher_training_paths(p.teacher_runs) & set(table.path.to_numpy()[val_rows])
+        if seen:
+            distill["teachers_trained_on_validation_images"] = len(seen)
+            if main: print(f"warning: the teachers trained on {len(seen)} of this fold's validation images; its validation F1 is optimistic")
+    ds = CachedImages(data["images"], train_rows, train_rows, augment)  # items carry their table row: labels and teacher targets follow it
     loader = torch.utils.data.DataLoader(ds, batch_size=p.batch_size, sampler=sampler, num_workers=p.num_workers,
                                          pin_memory=device.type == "cuda", drop_last=False, collate_fn=collate_uint8,
                                          worker_init_fn=_worker_init if p.num_workers else None)
@@ -456,7 +517,7 @@ def _train(p, out, device, rank, world, main):
         if main: print(f"resuming {out} at epoch {start_epoch} (best macro F1 {best_f1:.4f} at epoch {best_epoch})")
     if main:
         import timm as _timm, albumentations as _alb
-        _json(out / "params.json", dict(params=asdict(p), label_fix=data["label_fix"], crop=data["crop"], world_size=world, device=str(device),
+        _json(out / "params.json", dict(params=asdict(p), label_fix=data["label_fix"], crop=data["crop"], distillation=distill, world_size=world, device=str(device),
                                         n_train_images=len(train_rows), n_val_images=len(val_rows), n_persons=int(table.person_id.nunique()),
                                         versions=dict(torch=torch.__version__, timm=_timm.__version__, albumentations=_alb.__version__,
                                                       python=platform.python_version())))
@@ -470,9 +531,9 @@ def _train(p, out, device, rank, world, main):
         net.train()
         t0, seen, loss_sum, n_batches = time.time(), 0, 0.0, 0
         opt.zero_grad(set_to_none=True)
-        for step, (imgs, y) in enumerate(loader):
+        for step, (imgs, rows) in enumerate(loader):
             x = to_input(imgs, mean, std, device, p.channels_last)
-            y = y.to(device)
+            y = label_t[rows].to(device)
             if p.strip_cutmix and x.shape[0] > 1 and np.random.random() < p.strip_cutmix:
                 x, y = strip_cutmix(x, F.one_hot(y, N_CLASSES).float(), np.random)
             elif mixup is not None and x.shape[0] % 2 == 0:
@@ -480,6 +541,7 @@ def _train(p, out, device, rank, world, main):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=p.amp):
                 logits = net(x)
             loss = loss_fn(logits.float(), y)
+            if teacher_t is not None: loss = (1 - p.kd_alpha) * loss + p.kd_alpha * kd_loss(logits.float(), teacher_t[rows].to(device), p.kd_temperature)
             if not torch.isfinite(loss): raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; lower lr or turn amp off")
             scaler.scale(loss / p.grad_accum).backward()
             if (step + 1) % p.grad_accum == 0 or step + 1 == len(loader):
@@ -525,7 +587,7 @@ def _train(p, out, device, rank, world, main):
     if not main: return {}
     writer.close()
     # final predictions with the best checkpoint
-    best = create_model(p.model, p.head, False, "")
+    best = make_model(p, pretrained=False)
     best.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     best = best.to(device)
     if p.channels_last: best = best.to(memory_format=torch.channels_last)
@@ -539,6 +601,10 @@ def _train(p, out, device, rank, world, main):
         oof = table.iloc[val_rows][["person_id", "gender", "age", "age_band", "mask", "stem", "label", "fold", "path"]].reset_index(drop=True)
         oof = pd.concat([oof, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1).assign(pred=probs.argmax(1))
         write_csv(oof, out / "oof.csv", float_format="%.6f")
+    if p.predict_train:
+        probs = predict(best, data["images"], train_rows, mean, std, device, channels_last=p.channels_last, amp=p.amp)
+        rows = table.iloc[train_rows][["person_id", "label", "fold", "path"]].reset_index(drop=True)
+        write_csv(pd.concat([rows, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1), out / "train.csv", float_format="%.6f")
     if p.predict_eval:
         probs = predict(best, data["eval_images"], np.arange(len(data["eval"])), mean, std, device, channels_last=p.channels_last, amp=p.amp)
         test = pd.concat([data["eval"][["ImageID"]].reset_index(drop=True), pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
@@ -546,6 +612,10 @@ def _train(p, out, device, rank, world, main):
     metrics["wall_seconds"] = round(time.time() - t_start, 1)
     _json(out / "metrics.json", metrics)
     return metrics
+
+def _teacher_training_paths(teacher_runs: str) -> set:
+    return {x for run in map(resolve_path, _split_runs(teacher_runs)) if (run / "train.csv").exists()
+            for x in pd.read_csv(run / "train.csv", usecols=["path"]).path}
 
 def _worker_init(worker_id):
     "DataLoader workers: a distinct, epoch-dependent augmentation stream per worker."

@@ -131,3 +131,25 @@ def test_face_crops_are_the_same_for_train_and_eval_images(data, tmp_path, capsy
     assert face_boxes_path(data).stat().st_mtime_ns == mtime    # and leaves the finished box file untouched
     for bad, msg in (dict(crop_margin=3), "crop_margin"), (dict(crop_aspect="wide"), "crop_aspect"), (dict(face_detector="yolo"), "face_detector"):
         with pytest.raises(ValueError, match=msg): make_params(p, **bad)
+
+
+def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
+    """A student learns from a teacher run's train.csv; a teacher that trained on the student's validation
+    persons is reported; distillation refuses mixing augmentations."""
+    teacher, cache = tmp_path / "teacher", tmp_path / "cache"
+    r = train_cli(*args(data, teacher, cache, epochs=1, strip_cutmix=0.0, ema="false"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = pd.read_csv(teacher / "train.csv")
+    assert len(saved) == json.loads((teacher / "params.json").read_text())["n_train_images"]
+    assert abs(saved.filter(regex=r"^p\d+$").sum(axis=1) - 1).max() < 1e-3
+    for fold, leak in ((1, False), (2, True)):
+        student = tmp_path / f"student{fold}"
+        r = train_cli(*args(data, student, cache, epochs=1, fold=fold, strip_cutmix=0.0, ema="false", model="mobilenetv3_small_050",
+                            teacher_runs=teacher, kd_alpha=0.7, kd_temperature=2.0))
+        assert r.returncode == 0, r.stderr[-3000:]
+        kd = json.loads((student / "params.json").read_text())["distillation"]
+        assert kd["alpha"] == 0.7 and kd["temperature"] == 2.0 and kd["teachers"] == [str(teacher)]
+        assert kd["train_coverage"] == (1.0 if not leak else kd["train_coverage"]) and kd["train_coverage"] > 0
+        assert ("teachers_trained_on_validation_images" in kd) == leak and (("optimistic" in r.stdout) == leak)
+    r = train_cli(*args(data, tmp_path / "bad", cache, epochs=1, teacher_runs=teacher, strip_cutmix=0.3))
+    assert r.returncode != 0 and "strip_cutmix" in r.stderr
