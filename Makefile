@@ -18,7 +18,7 @@ FOLD         ?= 0
 FOLDS        ?= 5
 EPOCHS       ?= 12
 
-.PHONY: install data demo eda train pipeline test clean-nbs export bench
+.PHONY: install data demo eda train pipeline lightweight test clean-nbs export bench
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,11 @@ demo: data
 # the same pipeline on real data, e.g. make pipeline DATA=data/competition RUN=outputs/exp1 TRAIN="--train model=resnet18"
 pipeline: install
 	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --folds $(FOLDS) $(TRAIN)
+
+# the lightweight-model job notebook on the demo data: accounting, score, distillation, pruning, input sizes
+lightweight: data
+	mkdir -p outputs/lightweight
+	$(BIN)/papermill nbs/06_lightweight.ipynb outputs/lightweight/06_lightweight.ipynb -p data_dir $(DATA) -p out_dir outputs/lightweight --log-level WARNING
 
 test: install
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider

@@ -16,7 +16,7 @@ __all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORIN
            'class_names', 'project_root', 'resolve_path', 'in_test', 'atomic_path', 'write_csv', 'Problem',
            'LayoutError', 'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'validate_layout',
            'format_report', 'validate_main', 'label_fix_table', 'apply_label_fixes', 'classification_metrics',
-           'assign_folds']
+           'assign_folds', 'imagefolder_root', 'read_imagefolder', 'imagefolder_metrics', 'assign_label_folds']
 
 # %% ../nbs/00_core.ipynb #2fde608a
 MASKS = ("wear", "incorrect", "not_wear")
@@ -376,5 +376,49 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataF
     out["fold"] = -1
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for fold, (_, idx) in enumerate(splitter.split(out, strata, groups=out.person_id.to_numpy())):
+        out.iloc[idx, out.columns.get_loc("fold")] = fold
+    return out
+
+# %% ../nbs/00_core.ipynb #a4306283
+def imagefolder_root(data_dir) -> Path | None:
+    "The folder of class subfolders of a class-per-folder dataset (`data_dir` or `data_dir/train`); None for the competition layout."
+    root = resolve_path(data_dir)
+    if (root / "train" / "train.csv").exists(): return None
+    has_images = lambda d: d.is_dir() and not d.name.startswith(".") and any(f.suffix.lower() in IMAGE_EXTS for f in d.iterdir())
+    for cand in (root / "train", root):
+        if cand.is_dir() and any(has_images(d) for d in cand.iterdir()): return cand
+    return None
+
+def read_imagefolder(data_dir) -> pd.DataFrame:
+    "One row per image of a class-per-folder dataset: path, class_name, label (sorted class order), person_id (the image: no groups)."
+    root = imagefolder_root(data_dir)
+    if root is None:
+        raise LayoutError([Problem("error", str(resolve_path(data_dir)), "neither the competition layout (train/train.csv) nor class folders with images",
+                                   "put the competition data there, or one folder of images per class (<class>/<image> or train/<class>/<image>)")])
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    rows = [(str(f), c, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")]
+    df = pd.DataFrame(rows, columns=["path", "class_name", "label"])
+    empty = [c for c in classes if c not in set(df.class_name)]
+    if empty: raise LayoutError([Problem("error", str(root / c), "class folder without images", "add its images or remove the folder") for c in empty])
+    df["person_id"] = [os.path.relpath(p, root) for p in df.path]
+    return df
+
+def imagefolder_metrics(y_true, probs_or_pred, n_classes: int) -> dict:
+    "Macro F1, accuracy and F1 per class over `n_classes` classes (a class-per-folder dataset)."
+    from sklearn.metrics import f1_score
+    y_true = np.asarray(y_true).astype(int)
+    pred = np.asarray(probs_or_pred)
+    pred = pred.argmax(1) if pred.ndim == 2 else pred.astype(int)
+    return dict(macro_f1=float(f1_score(y_true, pred, average="macro")), accuracy=float((y_true == pred).mean()),
+                f1_per_class=[round(float(v), 4) for v in f1_score(y_true, pred, labels=range(n_classes), average=None, zero_division=0)])
+
+def assign_label_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
+    "A copy of an image table with a `fold` column, stratified by `label` (images without groups)."
+    from sklearn.model_selection import StratifiedKFold
+    if not 2 <= n_folds <= df.label.value_counts().min():
+        raise ValueError(f"n_folds={n_folds} must be between 2 and the image count of the smallest class ({df.label.value_counts().min()})")
+    out = df.copy(); out["fold"] = -1
+    for fold, (_, idx) in enumerate(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(out, out.label)):
         out.iloc[idx, out.columns.get_loc("fold")] = fold
     return out

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from .core import resolve_path, classification_metrics
+from .core import resolve_path
 from .preprocess import parse_size
-from .training import count_macs, create_model, make_params, make_model, prepare_data, predict, input_norm, load_checkpoint
+from .training import (count_macs, create_model, make_params, make_model, prepare_data, predict, input_norm, load_checkpoint,
+                                  score_probabilities)
 
 # %% auto #0
 __all__ = ['MACS_REFERENCE', 'F1_REFERENCE', 'lightweight_score', 'measure_latency', 'model_cost', 'model_table',
@@ -103,7 +104,8 @@ def run_params(run) -> dict: return json.loads((resolve_path(run) / "params.json
 def run_model(run) -> nn.Module:
     "The best model of training run `run` (architecture from its parameters or `init_model`, weights from best.pt)."
     run = resolve_path(run)
-    model = make_model(make_params(run_params(run)), pretrained=False)
+    saved = json.loads((run / "params.json").read_text())
+    model = make_model(make_params(saved["params"]), pretrained=False, n_classes=len(saved["classes"]))
     model.load_state_dict(load_checkpoint(run / "best.pt")["model"])
     return model.eval()
 
@@ -113,7 +115,7 @@ def validate(model: nn.Module, run, **overrides) -> dict:
     data = prepare_data(p)
     mean, std = input_norm(model)
     probs = predict(model.eval(), data["images"], data["val_rows"], mean, std, torch.device("cpu"), channels_last=False)
-    return classification_metrics(data["table"].label.to_numpy()[data["val_rows"]], probs)
+    return score_probabilities(data, data["table"].label.to_numpy()[data["val_rows"]], probs)
 
 def pareto_front(cost, quality) -> np.ndarray:
     "True where no other point has at most the cost and at least the quality, and is better in one of them."

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import timm
 from .core import (N_CLASSES, PROB_COLUMNS, LABEL_FIX_NAMES, SCORING_AGE_THRESHOLD, age_band, encode_label, read_train,
                               read_eval, apply_label_fixes, require_data_dir, assign_folds, classification_metrics, resolve_path,
+                              imagefolder_root, read_imagefolder, imagefolder_metrics, assign_label_folds, class_names,
                               atomic_path, write_csv, in_test)
 from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, build_augment, build_cache, CachedImages, collate_uint8, to_input,
                                     parse_size, face_boxes, crop_boxes, crop_aspect_ratio, BOX_COLUMNS)
@@ -24,8 +25,8 @@ __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CR
            'parse_loss', 'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'save_model', 'load_model',
            'make_model', 'input_norm', 'count_macs', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss',
            'symmetric_ce_loss', 'kd_loss', 'teacher_probabilities', 'build_loss', 'seed_epoch', 'EpochSampler',
-           'strip_cutmix', 'prepare_data', 'face_crops', 'build_optimizer', 'build_scheduler', 'setup_device',
-           'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
+           'strip_cutmix', 'prepare_data', 'score_probabilities', 'face_crops', 'build_optimizer', 'build_scheduler',
+           'setup_device', 'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
 
 # %% ../nbs/03a_training.ipynb #63d183bb
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
@@ -165,6 +166,9 @@ def make_params(params=None, **overrides) -> TrainParams:
         if p.kd_temperature <= 0: raise ValueError(f"kd_temperature={p.kd_temperature} must be > 0")
         if not 0 <= p.kd_alpha <= 1: raise ValueError(f"kd_alpha={p.kd_alpha} must be in 0..1")
         if p.mixup or p.cutmix or p.strip_cutmix: raise ValueError("distillation (teacher_runs) cannot be combined with mixup, cutmix or strip_cutmix: the teacher's targets belong to unmixed images")
+    if imagefolder_root(p.data_dir) is not None:  # a class-per-folder dataset: the mask task's options do not apply
+        for name, default in (("head", "single"), ("label_fix", "none"), ("crop", "none"), ("drop_boundary_ages", "")):
+            if getattr(p, name) != default: raise ValueError(f"{name}={getattr(p, name)!r} is for the mask competition; {p.data_dir} holds class folders (use {default!r})")
     if not 0 <= p.crop_margin <= 2: raise ValueError(f"crop_margin={p.crop_margin} must be in 0..2 (a share of the face box size per side)")
     if not p.out_dir: p.out_dir = f"outputs/train/{p.model}_fold{p.fold}"
     return p
@@ -177,9 +181,9 @@ class FactorizedHead(nn.Module):
         return (F.log_softmax(m, 1)[:, :, None, None] + F.log_softmax(g, 1)[:, None, :, None]
                 + F.log_softmax(a, 1)[:, None, None, :]).flatten(1)
 
-def create_model(model: str, head: str = "single", pretrained: bool = False, weights_path: str = "") -> nn.Module:
-    "A timm model with an 18-class output; weights from timm, from a local file, or random."
-    n_out = N_CLASSES if head == "single" else 8
+def create_model(model: str, head: str = "single", pretrained: bool = False, weights_path: str = "", n_classes: int = N_CLASSES) -> nn.Module:
+    "A timm model with an 18-class output (or `n_classes`); weights from timm, from a local file, or random."
+    n_out = n_classes if head == "single" else 8
     kwargs = dict(num_classes=n_out)
     if weights_path: kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(resolve_path(weights_path))))
     else: kwargs.update(pretrained=pretrained)
@@ -204,10 +208,11 @@ def load_model(path) -> nn.Module:
     try: return torch.load(resolve_path(path), map_location="cpu", weights_only=False)
     except Exception as e: raise RuntimeError(f"cannot load model file {path} ({type(e).__name__}: {e}); save it with save_model") from None
 
-def make_model(p, pretrained: bool | None = None) -> nn.Module:
+def make_model(p, pretrained: bool | None = None, n_classes: int = N_CLASSES) -> nn.Module:
     "The model of run `p`: its `init_model` file if set, else the timm model `p.model` with its head."
     if p.init_model: return load_model(p.init_model)
-    return create_model(p.model, p.head, p.pretrained if pretrained is None else pretrained, p.weights_path if pretrained is not False else "")
+    return create_model(p.model, p.head, p.pretrained if pretrained is None else pretrained,
+                        p.weights_path if pretrained is not False else "", n_classes)
 
 def input_norm(model: nn.Module) -> tuple:
     "(mean, std) the model expects its inputs normalised with (ImageNet's when its config has none)."
@@ -223,7 +228,7 @@ def count_macs(model: nn.Module, img_size) -> tuple[int, int]:
     return int(macs), int(params)
 
 # %% ../nbs/03a_training.ipynb #0b4d86a6
-def _probs_target(t, n=N_CLASSES):
+def _probs_target(t, n: int):
     return t.float() if t.ndim == 2 else F.one_hot(t, n).float()
 
 def ce_loss(logits, t, weight=None): return F.cross_entropy(logits, t, weight=weight)
@@ -232,20 +237,20 @@ def label_smoothing_loss(logits, t, weight=None, smoothing=0.1): return F.cross_
 def focal_loss(logits, t, weight=None, gamma=2.0):
     "Softmax focal loss: cross-entropy scaled by (1 - p)^gamma, so easy examples count less."
     logp = F.log_softmax(logits, 1)
-    loss = -_probs_target(t) * (1 - logp.exp()) ** gamma * logp
+    loss = -_probs_target(t, logits.shape[1]) * (1 - logp.exp()) ** gamma * logp
     if weight is not None: loss = loss * weight[None]
     return loss.sum(1).mean()
 
 def f1_loss(logits, t, weight=None, eps=1e-7):
     "1 - soft macro F1 over the classes in the batch's targets or predictions, as sklearn's macro F1 counts them."
-    p, y = F.softmax(logits, 1), _probs_target(t)
+    p, y = F.softmax(logits, 1), _probs_target(t, logits.shape[1])
     tp, fp, fn = (p * y).sum(0), (p * (1 - y)).sum(0), ((1 - p) * y).sum(0)
     present = (y.sum(0) > 0) | (F.one_hot(p.argmax(1), p.shape[1]).sum(0) > 0)
     return 1 - (2 * tp / (2 * tp + fp + fn + eps))[present].mean()
 
 def symmetric_ce_loss(logits, t, weight=None, alpha=1.0, beta=1.0):
     "Cross-entropy plus reverse cross-entropy (robust to label noise)."
-    rce = -(F.softmax(logits, 1) * _probs_target(t).clamp(1e-4, 1).log()).sum(1).mean()
+    rce = -(F.softmax(logits, 1) * _probs_target(t, logits.shape[1]).clamp(1e-4, 1).log()).sum(1).mean()
     return alpha * F.cross_entropy(logits, t, weight=weight) + beta * rce
 
 LOSSES = dict(ce=ce_loss, focal=focal_loss, label_smoothing=label_smoothing_loss, f1=f1_loss, symmetric_ce=symmetric_ce_loss)
@@ -264,7 +269,8 @@ def teacher_probabilities(teacher_runs: str, paths) -> np.ndarray:
     for run in map(resolve_path, _split_runs(teacher_runs)):
         files = [run / n for n in ("train.csv", "oof.csv") if (run / n).exists()]
         if not files: raise ValueError(f"teacher run {run} has no train.csv or oof.csv; train it with predict_train=true (the default)")
-        per_run.append(pd.concat([pd.read_csv(f, usecols=["path", *PROB_COLUMNS]) for f in files]).groupby("path").mean())
+        saved = pd.concat([pd.read_csv(f) for f in files])
+        per_run.append(saved[["path"] + [c for c in saved if re.fullmatch(r"p\d+", c)]].groupby("path").mean())
     return pd.concat(per_run).groupby(level=0).mean().reindex([str(x) for x in paths]).to_numpy(np.float32)
 
 def build_loss(spec: str, weight=None):
@@ -303,7 +309,8 @@ def strip_cutmix(x, y, rng):
 
 # %% ../nbs/03a_training.ipynb #a55dea5c
 def prepare_data(p: TrainParams, cache: bool = True) -> dict:
-    "Table, train/val row indices, training labels and cached images for run `p`."
+    "Table, train/val row indices, training labels, class names and cached images for run `p`."
+    if imagefolder_root(p.data_dir) is not None: return _prepare_imagefolder(p, cache)
     table = read_train(p.data_dir, age_threshold=SCORING_AGE_THRESHOLD)
     fixed = apply_label_fixes(table, p.label_fix, age_threshold=p.age_threshold_train)
     table["label_train"] = fixed.label.to_numpy()
@@ -317,7 +324,8 @@ def prepare_data(p: TrainParams, cache: bool = True) -> dict:
     val_rows = table.index[table.fold == p.fold].to_numpy() if p.fold >= 0 else np.array([], int)
     dropped = parse_ages(p.drop_boundary_ages)
     if dropped: train_rows = train_rows[~np.isin(table.age_train.to_numpy()[train_rows], dropped)]
-    out = dict(table=table, train_rows=train_rows, val_rows=val_rows, label_fix=fixed.attrs["label_fix"], crop=dict(name=p.crop))
+    out = dict(table=table, train_rows=train_rows, val_rows=val_rows, label_fix=fixed.attrs["label_fix"], crop=dict(name=p.crop),
+               classes=class_names(), task="mask")
     if cache:
         evals = read_eval(p.data_dir) if p.predict_eval else None
         crops = face_crops(p, [table.path] + ([evals.path] if evals is not None else []), out["crop"]) if p.crop == "face" else None
@@ -326,6 +334,24 @@ def prepare_data(p: TrainParams, cache: bool = True) -> dict:
             out["eval"] = evals
             out["eval_images"] = build_cache(evals.path, p.img_size, p.cache_dir, None if crops is None else crops[1], progress=not in_test())
     return out
+
+def _prepare_imagefolder(p: TrainParams, cache: bool) -> dict:
+    "prepare_data for a class-per-folder dataset: images without groups, folds stratified by class, no eval set."
+    table = read_imagefolder(p.data_dir)
+    if p.max_images and p.max_images < len(table):
+        table = table.groupby("label", group_keys=False).sample(frac=p.max_images / len(table), random_state=p.seed).sort_index().reset_index(drop=True)
+    table = assign_label_folds(table, p.n_folds, p.seed).assign(label_train=table.label)
+    train_rows = table.index[table.fold != p.fold].to_numpy()
+    val_rows = table.index[table.fold == p.fold].to_numpy() if p.fold >= 0 else np.array([], int)
+    out = dict(table=table, train_rows=train_rows, val_rows=val_rows, label_fix=dict(name="none"), crop=dict(name="none"),
+               classes=list(table.groupby("label").class_name.first()), task="imagefolder")
+    if cache: out["images"] = build_cache(table.path, p.img_size, p.cache_dir, progress=not in_test())
+    return out
+
+def score_probabilities(data: dict, y_true, probs) -> dict:
+    "The metrics of `data`'s task: macro F1, accuracy, per attribute (mask task) and per class."
+    if data["task"] == "mask": return classification_metrics(y_true, probs)
+    return imagefolder_metrics(y_true, probs, len(data["classes"]))
 
 def face_crops(p: TrainParams, path_lists, record: dict) -> list[np.ndarray]:
     "Crop boxes for each list of image paths from the data folder's cached face boxes (detected on first use); fills `record`."
@@ -456,7 +482,9 @@ def _train(p, out, device, rank, world, main):
     labels = table.label_train.to_numpy()
 
     seed_epoch(p.seed, 0)
-    model = make_model(p)
+    n_classes = len(data["classes"])
+    prob_columns = [f"p{c}" for c in range(n_classes)]
+    model = make_model(p, n_classes=n_classes)
     mean, std = input_norm(model)
     macs, n_params = count_macs(model, p.img_size)
     model = model.to(device)
@@ -468,15 +496,15 @@ def _train(p, out, device, rank, world, main):
     net = model
     if world > 1: net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    counts = np.bincount(labels[train_rows], minlength=N_CLASSES).astype(float)
+    counts = np.bincount(labels[train_rows], minlength=n_classes).astype(float)
     weight = None
     if p.class_weights == "balanced":
-        weight = torch.tensor(np.where(counts > 0, counts.sum() / (N_CLASSES * np.maximum(counts, 1)), 0.0), dtype=torch.float32, device=device)
+        weight = torch.tensor(np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0), dtype=torch.float32, device=device)
     loss_fn = build_loss(p.loss, weight)
     sample_weights = (1.0 / np.maximum(counts, 1))[labels[train_rows]] if p.sampler == "weighted" else None
     sampler = EpochSampler(len(train_rows), sample_weights, p.seed, rank, world)
     augment = build_augment(p.augment, seed=p.seed)
-    label_t = torch.as_tensor(labels)
+    label_t = torch.from_numpy(np.array(labels))  # a writable copy
     teacher_t, distill = None, None
     if p.teacher_runs:
         teacher = teacher_probabilities(p.teacher_runs, table.path)
@@ -503,7 +531,7 @@ def _train(p, out, device, rank, world, main):
         from timm.data import Mixup
         mixup = Mixup(mixup_alpha=0.2 if p.mixup else 0.0, cutmix_alpha=1.0 if p.cutmix else 0.0, prob=p.mixup + p.cutmix,
                       switch_prob=p.cutmix / (p.mixup + p.cutmix) if p.mixup and p.cutmix else 0.5,
-                      label_smoothing=0.0, num_classes=N_CLASSES)
+                      label_smoothing=0.0, num_classes=n_classes)
 
     start_epoch, best_f1, best_epoch, updates, history = 0, -1.0, -1, 0, []
     if p.resume and (out / "last.pt").exists():
@@ -517,7 +545,7 @@ def _train(p, out, device, rank, world, main):
         if main: print(f"resuming {out} at epoch {start_epoch} (best macro F1 {best_f1:.4f} at epoch {best_epoch})")
     if main:
         import timm as _timm, albumentations as _alb
-        _json(out / "params.json", dict(params=asdict(p), label_fix=data["label_fix"], crop=data["crop"], distillation=distill, world_size=world, device=str(device),
+        _json(out / "params.json", dict(params=asdict(p), label_fix=data["label_fix"], crop=data["crop"], distillation=distill, classes=data["classes"], world_size=world, device=str(device),
                                         n_train_images=len(train_rows), n_val_images=len(val_rows), n_persons=int(table.person_id.nunique()),
                                         versions=dict(torch=torch.__version__, timm=_timm.__version__, albumentations=_alb.__version__,
                                                       python=platform.python_version())))
@@ -535,7 +563,7 @@ def _train(p, out, device, rank, world, main):
             x = to_input(imgs, mean, std, device, p.channels_last)
             y = label_t[rows].to(device)
             if p.strip_cutmix and x.shape[0] > 1 and np.random.random() < p.strip_cutmix:
-                x, y = strip_cutmix(x, F.one_hot(y, N_CLASSES).float(), np.random)
+                x, y = strip_cutmix(x, F.one_hot(y, n_classes).float(), np.random)
             elif mixup is not None and x.shape[0] % 2 == 0:
                 x, y = mixup(x, y)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=p.amp):
@@ -559,9 +587,9 @@ def _train(p, out, device, rank, world, main):
         if main and len(val_rows):
             probs = predict(eval_model(), data["images"], val_rows, mean, std, device, channels_last=p.channels_last, amp=p.amp)
             y_val = table.label.to_numpy()[val_rows]
-            m = classification_metrics(y_val, probs)
+            m = score_probabilities(data, y_val, probs)
             row.update(val_loss=float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-8)), torch.from_numpy(y_val)).item()),
-                       val_f1=m["macro_f1"], val_acc=m["accuracy"], val_f1_mask=m["f1_mask"], val_f1_gender=m["f1_gender"], val_f1_age=m["f1_age"])
+                       val_f1=m["macro_f1"], val_acc=m["accuracy"], **{f"val_{k}": m[k] for k in ("f1_mask", "f1_gender", "f1_age") if k in m})
             metric = torch.tensor([m["macro_f1"]], device=metric_device)
         if world > 1: torch.distributed.broadcast(metric, 0)
         if sched_kind == "timm": sched.step(epoch + 1, metric.item())
@@ -587,7 +615,7 @@ def _train(p, out, device, rank, world, main):
     if not main: return {}
     writer.close()
     # final predictions with the best checkpoint
-    best = make_model(p, pretrained=False)
+    best = make_model(p, pretrained=False, n_classes=n_classes)
     best.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     best = best.to(device)
     if p.channels_last: best = best.to(memory_format=torch.channels_last)
@@ -597,15 +625,15 @@ def _train(p, out, device, rank, world, main):
     if len(val_rows):
         probs = predict(best, data["images"], val_rows, mean, std, device, channels_last=p.channels_last, amp=p.amp)
         y_val = table.label.to_numpy()[val_rows]
-        metrics.update(classification_metrics(y_val, probs))
-        oof = table.iloc[val_rows][["person_id", "gender", "age", "age_band", "mask", "stem", "label", "fold", "path"]].reset_index(drop=True)
-        oof = pd.concat([oof, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1).assign(pred=probs.argmax(1))
+        metrics.update(score_probabilities(data, y_val, probs))
+        keep = [c for c in ("person_id", "class_name", "gender", "age", "age_band", "mask", "stem", "label", "fold", "path") if c in table]
+        oof = pd.concat([table.iloc[val_rows][keep].reset_index(drop=True), pd.DataFrame(probs, columns=prob_columns)], axis=1).assign(pred=probs.argmax(1))
         write_csv(oof, out / "oof.csv", float_format="%.6f")
     if p.predict_train:
         probs = predict(best, data["images"], train_rows, mean, std, device, channels_last=p.channels_last, amp=p.amp)
         rows = table.iloc[train_rows][["person_id", "label", "fold", "path"]].reset_index(drop=True)
-        write_csv(pd.concat([rows, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1), out / "train.csv", float_format="%.6f")
-    if p.predict_eval:
+        write_csv(pd.concat([rows, pd.DataFrame(probs, columns=prob_columns)], axis=1), out / "train.csv", float_format="%.6f")
+    if p.predict_eval and "eval" in data:
         probs = predict(best, data["eval_images"], np.arange(len(data["eval"])), mean, std, device, channels_last=p.channels_last, amp=p.amp)
         test = pd.concat([data["eval"][["ImageID"]].reset_index(drop=True), pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
         write_csv(test, out / "test.csv", float_format="%.6f")

@@ -153,3 +153,36 @@ def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
         assert ("teachers_trained_on_validation_images" in kd) == leak and (("optimistic" in r.stdout) == leak)
     r = train_cli(*args(data, tmp_path / "bad", cache, epochs=1, teacher_runs=teacher, strip_cutmix=0.3))
     assert r.returncode != 0 and "strip_cutmix" in r.stderr
+
+
+def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
+    """A 9-class ImageFolder-style dataset (like the lightweight competition's): training, a student distilled
+    from it, and pruning of its best model, with metrics over its own classes."""
+    from mask_pstage.core import read_train
+    from mask_pstage.lightweight import run_model, prune_layers, validate, model_cost
+    table = read_train(data)
+    folder = tmp_path / "recycle"
+    for i, row in table.iterrows():
+        target = folder / f"class{row.label // 2}" / f"{i:04d}{Path(row.path).suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(row.path)
+    teacher, cache = tmp_path / "teacher", tmp_path / "cache"
+    base = dict(fold=0, n_folds=3, strip_cutmix=0.0, ema="false", epochs=1)
+    r = train_cli(*args(folder, teacher, cache, **base))
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics, saved = json.loads((teacher / "metrics.json").read_text()), json.loads((teacher / "params.json").read_text())
+    assert saved["classes"] == [f"class{c}" for c in range(9)] and len(metrics["f1_per_class"]) == 9
+    assert "f1_mask" not in metrics and 0 <= metrics["macro_f1"] <= 1
+    oof = pd.read_csv(teacher / "oof.csv")
+    assert [c for c in oof if c.startswith("p") and c[1:].isdigit()] == [f"p{c}" for c in range(9)] and "class_name" in oof
+    assert not (teacher / "test.csv").exists()
+    student = tmp_path / "student"
+    r = train_cli(*args(folder, student, cache, teacher_runs=teacher, **base))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((student / "params.json").read_text())["distillation"]["train_coverage"] == 1.0
+    model = run_model(teacher)
+    pruned, ranking = prune_layers(model, 1)
+    assert model_cost(pruned, (64, 48), latency=False)["macs"] < model_cost(model, (64, 48), latency=False)["macs"]
+    assert 0 <= validate(pruned, teacher)["macro_f1"] <= 1
+    r = train_cli(*args(folder, tmp_path / "bad", cache, crop="face", **base))
+    assert r.returncode != 0 and "class folders" in r.stderr
