@@ -46,7 +46,7 @@ train: data
 # the whole pipeline (EDA, K folds, error analysis, ensemble, submission, score) on the demo data
 demo: data
 	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --folds $(FOLDS) \
-	  --train pretrained=false --train epochs=$(EPOCHS)
+	  --train pretrained=false --train epochs=$(EPOCHS) --train crop=face
 
 # the same pipeline on real data, e.g. make pipeline DATA=data/competition RUN=outputs/exp1 TRAIN="--train model=resnet18"
 pipeline: install

@@ -188,8 +188,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'mask_pstage.training._probs_target': ('training.html#_probs_target', 'mask_pstage/training.py'),
                                       'mask_pstage.training._rng_state': ('training.html#_rng_state', 'mask_pstage/training.py'),
                                       'mask_pstage.training._split_runs': ('training.html#_split_runs', 'mask_pstage/training.py'),
-                                      'mask_pstage.training._teacher_training_paths': ( 'training.html#_teacher_training_paths',
-                                                                                        'mask_pstage/training.py'),
                                       'mask_pstage.training._to_bool': ('training.html#_to_bool', 'mask_pstage/training.py'),
                                       'mask_pstage.training._train': ('training.html#_train', 'mask_pstage/training.py'),
                                       'mask_pstage.training._unwrap': ('training.html#_unwrap', 'mask_pstage/training.py'),

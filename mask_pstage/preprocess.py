@@ -235,9 +235,9 @@ def build_cache(paths, size, cache_dir="outputs/cache", boxes=None, threads: int
         arr.flush(); del arr
     return np.load(file, mmap_mode="r")
 
-# %% ../nbs/02_preprocess.ipynb #b04c0397
-def mean_crop_aspect(boxes: pd.DataFrame, margin: float = 0.3) -> float:
-    "Mean height / width of the detected face boxes (the margin grows both sides alike, so it keeps the aspect)."
+# %% ../nbs/02_preprocess.ipynb #378cf094
+def mean_crop_aspect(boxes: pd.DataFrame) -> float:
+    "Mean height / width of the detected face boxes: the crops' aspect before one is imposed (a margin keeps it)."
     found = boxes[boxes.source == "detected"] if "source" in boxes else boxes
     if not len(found): raise ValueError("no detected faces to measure the aspect of; run face_boxes on data with faces")
     return float(((found.y1 - found.y0) / (found.x1 - found.x0)).mean())

@@ -263,15 +263,20 @@ def kd_loss(logits, teacher_probs, temperature: float = 4.0):
     student = (logits[have] / temperature).log_softmax(1)
     return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature ** 2 * have.float().mean()
 
-def teacher_probabilities(teacher_runs: str, paths) -> np.ndarray:
-    "(len(paths), 18) mean probabilities of the teacher runs (an ensemble when several) from their train.csv and oof.csv; NaN rows where none has the image."
-    per_run = []
+def teacher_probabilities(teacher_runs: str, paths) -> tuple[np.ndarray, set]:
+    """(probabilities, trained_on): the teacher runs' mean probabilities (an ensemble when several) for `paths` from
+    their train.csv and oof.csv, NaN rows where none has the image; and the images the teachers trained on."""
+    per_run, trained_on = [], set()
     for run in map(resolve_path, _split_runs(teacher_runs)):
         files = [run / n for n in ("train.csv", "oof.csv") if (run / n).exists()]
         if not files: raise ValueError(f"teacher run {run} has no train.csv or oof.csv; train it with predict_train=true (the default)")
-        saved = pd.concat([pd.read_csv(f) for f in files])
+        saved = [pd.read_csv(f) for f in files]
+        if files[0].name == "train.csv": trained_on |= set(saved[0].path)
+        saved = pd.concat(saved)
         per_run.append(saved[["path"] + [c for c in saved if re.fullmatch(r"p\d+", c)]].groupby("path").mean())
-    return pd.concat(per_run).groupby(level=0).mean().reindex([str(x) for x in paths]).to_numpy(np.float32)
+    n = {len(r.columns) for r in per_run}
+    if len(n) > 1: raise ValueError(f"teacher_runs {teacher_runs} predict different numbers of classes {sorted(n)}")
+    return pd.concat(per_run).groupby(level=0).mean().reindex([str(x) for x in paths]).to_numpy(np.float32), trained_on
 
 def build_loss(spec: str, weight=None):
     "A loss function from a spec like 'ce' or '0.25*ce+f1'."
@@ -507,13 +512,14 @@ def _train(p, out, device, rank, world, main):
     label_t = torch.from_numpy(np.array(labels))  # a writable copy
     teacher_t, distill = None, None
     if p.teacher_runs:
-        teacher = teacher_probabilities(p.teacher_runs, table.path)
+        teacher, trained_on = teacher_probabilities(p.teacher_runs, table.path)
+        if teacher.shape[1] != n_classes: raise ValueError(f"teacher_runs {p.teacher_runs} predict {teacher.shape[1]} classes, this data has {n_classes}")
         covered = np.isfinite(teacher).all(1)
         if not covered[train_rows].any(): raise ValueError(f"teacher_runs {p.teacher_runs} have no probabilities for the training images of {p.data_dir}; were they trained on this data folder?")
         teacher_t = torch.as_tensor(teacher)
         distill = dict(teachers=_split_runs(p.teacher_runs), temperature=p.kd_temperature, alpha=p.kd_alpha,
                        train_coverage=round(float(covered[train_rows].mean()), 4))
-        seen = _teacher_training_paths(p.teacher_runs) & set(table.path.to_numpy()[val_rows])
+        seen = trained_on & set(table.path.to_numpy()[val_rows])
         if seen:
             distill["teachers_trained_on_validation_images"] = len(seen)
             if main: print(f"warning: the teachers trained on {len(seen)} of this fold's validation images; its validation F1 is optimistic")
@@ -640,10 +646,6 @@ def _train(p, out, device, rank, world, main):
     metrics["wall_seconds"] = round(time.time() - t_start, 1)
     _json(out / "metrics.json", metrics)
     return metrics
-
-def _teacher_training_paths(teacher_runs: str) -> set:
-    return {x for run in map(resolve_path, _split_runs(teacher_runs)) if (run / "train.csv").exists()
-            for x in pd.read_csv(run / "train.csv", usecols=["path"]).path}
 
 def _worker_init(worker_id):
     "DataLoader workers: a distinct, epoch-dependent augmentation stream per worker."
