@@ -132,6 +132,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'mask_pstage.preprocess.face_boxes': ('preprocess.html#face_boxes', 'mask_pstage/preprocess.py'),
                                         'mask_pstage.preprocess.face_boxes_path': ( 'preprocess.html#face_boxes_path',
                                                                                     'mask_pstage/preprocess.py'),
+                                        'mask_pstage.preprocess.faces_main': ('preprocess.html#faces_main', 'mask_pstage/preprocess.py'),
                                         'mask_pstage.preprocess.fallback_box': ( 'preprocess.html#fallback_box',
                                                                                  'mask_pstage/preprocess.py'),
                                         'mask_pstage.preprocess.finish_boxes': ( 'preprocess.html#finish_boxes',

@@ -49,6 +49,10 @@ def run_pipeline(data_dir, run_dir, n_folds: int = 5, train: dict | None = None,
     t0 = time.time()
     run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(run / "eda")), force, log)
     train = dict(train or {})
+    if str(train.get("crop", "none")) == "face":  # detect faces once here, not once per fold
+        from mask_pstage.preprocess import face_boxes
+        face_boxes(data_dir, train.get("face_detector", "mtcnn"), train.get("face_boxes") or None, train.get("cache_dir", "outputs/cache"),
+                   log=lambda m: log(f"[faces] {m}"))
     for fold in range(n_folds):
         params = dict(train, data_dir=data_dir, n_folds=n_folds, fold=fold, out_dir=str(run / "train" / f"fold{fold}"), resume=True)
         if skip_train and (run / "train" / f"fold{fold}" / "metrics.json").exists(): log(f"[03_train_fold{fold}] skipped (--skip-train)"); continue

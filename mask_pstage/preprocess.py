@@ -18,7 +18,7 @@ __all__ = ['FACE_DETECTORS', 'DEFAULT_FACE_BOX', 'FACE_COLUMNS', 'BOX_COLUMNS', 
            'create_face_detector', 'detect_image', 'face_boxes_path', 'dataset_images', 'fallback_box', 'finish_boxes',
            'face_boxes', 'detection_rates', 'crop_boxes', 'crop_aspect_ratio', 'parse_size', 'cache_key', 'load_image',
            'build_cache', 'mean_crop_aspect', 'aspect_size', 'build_augment', 'CachedImages', 'collate_uint8',
-           'to_input']
+           'to_input', 'faces_main']
 
 # %% ../nbs/02_preprocess.ipynb #14c415eb
 def _mtcnn(min_face_size: int = 24, thresholds=(0.5, 0.6, 0.6)):
@@ -293,3 +293,26 @@ def to_input(batch, mean, std, device="cpu", channels_last: bool = True):
     m, s = torch.tensor(mean, device=x.device), torch.tensor(std, device=x.device)
     x = torch.addcmul((-m / s).view(1, 3, 1, 1), x, (1 / (255 * s)).view(1, 3, 1, 1))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+# %% ../nbs/02_preprocess.ipynb #14dcdadb
+def faces_main(argv=None):
+    "Detect the faces of every train and eval image of a data folder once, into its face box CSV."
+    import argparse, sys
+    ap = argparse.ArgumentParser(prog="mask-pstage-faces", description=faces_main.__doc__)
+    ap.add_argument("data_dir", help="dataset in the competition layout")
+    ap.add_argument("--detector", default="mtcnn", choices=list(FACE_DETECTORS))
+    ap.add_argument("--boxes", default=None, help="CSV to write (default: beside the data, or under --cache-dir when the data is read-only)")
+    ap.add_argument("--cache-dir", default="outputs/cache")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    try:
+        boxes = face_boxes(a.data_dir, a.detector, a.boxes, a.cache_dir, threads=a.threads, progress=True)
+        table = read_train(a.data_dir)
+    except (OSError, ValueError, ImportError) as e: sys.exit(f"error: {e}")
+    print(detection_rates(boxes, table, a.data_dir).to_string())
+    print(f"{(boxes.source == 'fallback').sum()} of {len(boxes)} images use the fallback box {boxes.attrs['fallback_box']} "
+          f"({boxes.attrs['fallback_from']}); boxes in {boxes.attrs['file']}")
+
+if __name__ == "__main__":
+    try: get_ipython  # in a notebook this module's cells run as __main__: don't parse the kernel's argv
+    except NameError: faces_main()
