@@ -91,8 +91,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'mask_pstage.lightweight.removable_blocks': ( 'lightweight.html#removable_blocks',
                                                                                        'mask_pstage/lightweight.py'),
                                          'mask_pstage.lightweight.run_model': ('lightweight.html#run_model', 'mask_pstage/lightweight.py'),
-                                         'mask_pstage.lightweight.run_params': ( 'lightweight.html#run_params',
-                                                                                 'mask_pstage/lightweight.py'),
                                          'mask_pstage.lightweight.validate': ('lightweight.html#validate', 'mask_pstage/lightweight.py')},
             'mask_pstage.pipeline': { 'mask_pstage.pipeline.PipelineError': ('pipeline.html#pipelineerror', 'mask_pstage/pipeline.py'),
                                       'mask_pstage.pipeline._kv': ('pipeline.html#_kv', 'mask_pstage/pipeline.py'),

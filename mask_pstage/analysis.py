@@ -27,6 +27,11 @@ def find_runs(spec) -> list[Path]:
             if (m / "metrics.json").exists(): found.append(m)
             elif m.is_dir(): found += sorted(p.parent for p in m.glob("*/metrics.json"))
     if not found: raise FileNotFoundError(f"no run folders (with metrics.json) found for runs={spec!r}; train one with nbs/03_train.ipynb")
+    for run in found:
+        classes = json.loads((run / "params.json").read_text()).get("classes") if (run / "params.json").exists() else None
+        if classes is not None and len(classes) != 18:
+            raise ValueError(f"run {run} was trained on a class-per-folder dataset ({len(classes)} classes); error analysis and ensembles "
+                             f"are for the mask task (see nbs/06_lightweight.ipynb for such runs)")
     return list(dict.fromkeys(found))
 
 def run_params(run: Path) -> dict:

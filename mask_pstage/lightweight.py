@@ -11,14 +11,15 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from .core import resolve_path
+from .analysis import run_params
 from .preprocess import parse_size
 from .training import (count_macs, create_model, make_params, make_model, prepare_data, predict, input_norm, load_checkpoint,
                                   score_probabilities)
 
 # %% auto #0
 __all__ = ['MACS_REFERENCE', 'F1_REFERENCE', 'lightweight_score', 'measure_latency', 'model_cost', 'model_table',
-           'removable_blocks', 'block_weight_std', 'prune_layers', 'prune_channels', 'run_params', 'run_model',
-           'validate', 'pareto_front', 'collect_runs', 'plot_pareto']
+           'removable_blocks', 'block_weight_std', 'prune_layers', 'prune_channels', 'run_model', 'validate',
+           'pareto_front', 'collect_runs', 'plot_pareto']
 
 # %% ../nbs/06_lightweight.ipynb #43953ab6
 MACS_REFERENCE = 13_878_369   # the competition's MACs normaliser
@@ -98,9 +99,7 @@ def prune_channels(model: nn.Module, img_size, ratio: float = 0.3, round_to: int
     pruner.step()
     return pruned
 
-# %% ../nbs/06_lightweight.ipynb #6b026288
-def run_params(run) -> dict: return json.loads((resolve_path(run) / "params.json").read_text())["params"]
-
+# %% ../nbs/06_lightweight.ipynb #de833893
 def run_model(run) -> nn.Module:
     "The best model of training run `run` (architecture from its parameters or `init_model`, weights from best.pt)."
     run = resolve_path(run)
@@ -111,7 +110,7 @@ def run_model(run) -> nn.Module:
 
 def validate(model: nn.Module, run, **overrides) -> dict:
     "Macro F1 (and per attribute) of `model` on the validation fold of run `run`, with that run's data, crop and size."
-    p = make_params(run_params(run), predict_eval=False, **overrides)
+    p = make_params(run_params(resolve_path(run)), predict_eval=False, **overrides)
     data = prepare_data(p)
     mean, std = input_norm(model)
     probs = predict(model.eval(), data["images"], data["val_rows"], mean, std, torch.device("cpu"), channels_last=False)
