@@ -102,5 +102,6 @@ def leaderboard(root="outputs") -> pd.DataFrame:
         rows.append(dict(run=str(run.relative_to(resolve_path(root))), model=p["model"], fold=p["fold"], img_size="x".join(map(str, p["img_size"])),
                          head=p["head"], loss=p["loss"], epochs=p["epochs"], label_fix=p["label_fix"], augment=p["augment"],
                          macro_f1=met.get("macro_f1"), f1_mask=met.get("f1_mask"), f1_gender=met.get("f1_gender"), f1_age=met.get("f1_age"),
-                         macs=met.get("macs"), wall_seconds=met.get("wall_seconds")))
+                         macs=met.get("macs"), params=met.get("params"), crop=p.get("crop", "none"), distilled=bool(p.get("teacher_runs")),
+                         pruned=bool(p.get("init_model")), wall_seconds=met.get("wall_seconds")))
     return pd.DataFrame(rows).sort_values("macro_f1", ascending=False, na_position="last", ignore_index=True) if rows else pd.DataFrame()

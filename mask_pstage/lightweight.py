@@ -122,17 +122,12 @@ def pareto_front(cost, quality) -> np.ndarray:
     return np.array([not np.any((c <= c[i]) & (q >= q[i]) & ((c < c[i]) | (q > q[i]))) for i in range(len(c))], bool)
 
 def collect_runs(root="outputs") -> pd.DataFrame:
-    "Every training run under `root` with its model, input size, MACs, params, macro F1, lightweight score and Pareto flag."
-    root, rows = resolve_path(root), []
-    for f in sorted(root.rglob("metrics.json")):
-        if not (f.parent / "params.json").exists(): continue
-        m, p = json.loads(f.read_text()), run_params(f.parent)
-        if m.get("macro_f1") is None or not m.get("macs"): continue
-        rows.append(dict(run=str(f.parent.relative_to(root)), model=p["model"] + (" (pruned)" if p.get("init_model") else ""),
-                         img_size="x".join(map(str, p["img_size"])), distilled=bool(p.get("teacher_runs")), macs=m["macs"],
-                         params=m["params"], macro_f1=m["macro_f1"], score=lightweight_score(m["macs"], m["macro_f1"])))
-    df = pd.DataFrame(rows, columns=["run", "model", "img_size", "distilled", "macs", "params", "macro_f1", "score"])
-    return df.assign(pareto=pareto_front(df.macs, df.macro_f1))
+    "The runs under `root` that have a validation F1 and MACs (`ensemble.leaderboard`), with their lightweight score and Pareto flag."
+    from mask_pstage.ensemble import leaderboard
+    runs = leaderboard(root)
+    runs = runs.dropna(subset=["macro_f1", "macs"]).reset_index(drop=True) if len(runs) else pd.DataFrame(columns=["run", "macs", "macro_f1"])
+    runs["score"] = [lightweight_score(m, f) for m, f in zip(runs.macs, runs.macro_f1)]
+    return runs.assign(pareto=pareto_front(runs.macs, runs.macro_f1))
 
 def plot_pareto(runs: pd.DataFrame, ax=None):
     "Macro F1 against MACs (log scale) for `runs`, the Pareto front joined by a line."
