@@ -10,11 +10,9 @@ Each figure is the median of 3 runs. Run it alone: another job on a 2-core machi
 """
 import argparse, statistics, tempfile, time
 from pathlib import Path
-import numpy as np
-import pandas as pd
 
 from mask_pstage.core import read_train, project_root
-from mask_pstage.preprocess import face_boxes, build_cache, crop_boxes, BOX_COLUMNS
+from mask_pstage.preprocess import face_boxes, build_cache, crop_boxes, dataset_images, BOX_COLUMNS
 from mask_pstage.synth import generate
 
 COMPETITION_IMAGES = 18_900 + 12_600
@@ -30,7 +28,7 @@ def median_rate(fn, n, repeats=3):
 
 def detection(data, tmp, threads, tag):
     "images/s of a full face_boxes pass (a fresh CSV each run, so nothing is reused)."
-    n = len(read_train(data)) + len(pd.read_csv(Path(data) / "eval" / "info.csv"))
+    n = len(dataset_images(data))
     runs = iter(range(100))
     fn = lambda: face_boxes(data, boxes_path=tmp / f"boxes_{tag}_{threads}_{next(runs)}.csv", threads=threads, log=lambda *a: None)
     return median_rate(fn, n), n

@@ -181,6 +181,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'mask_pstage.training._check_out_dir': ('training.html#_check_out_dir', 'mask_pstage/training.py'),
                                       'mask_pstage.training._choice': ('training.html#_choice', 'mask_pstage/training.py'),
                                       'mask_pstage.training._coerce': ('training.html#_coerce', 'mask_pstage/training.py'),
+                                      'mask_pstage.training._fold_rows': ('training.html#_fold_rows', 'mask_pstage/training.py'),
                                       'mask_pstage.training._json': ('training.html#_json', 'mask_pstage/training.py'),
                                       'mask_pstage.training._prepare_imagefolder': ( 'training.html#_prepare_imagefolder',
                                                                                      'mask_pstage/training.py'),

@@ -14,11 +14,11 @@ import albumentations as A
 from .core import atomic_path, resolve_path, write_csv, read_train, read_eval, MASKS
 
 # %% auto #0
-__all__ = ['FACE_DETECTORS', 'DEFAULT_FACE_BOX', 'FACE_COLUMNS', 'BOX_COLUMNS', 'CACHE_VERSION', 'AUGMENT_PRESETS',
-           'create_face_detector', 'detect_image', 'face_boxes_path', 'dataset_images', 'fallback_box', 'finish_boxes',
-           'face_boxes', 'detection_rates', 'crop_boxes', 'crop_aspect_ratio', 'parse_size', 'cache_key', 'load_image',
-           'build_cache', 'mean_crop_aspect', 'aspect_size', 'build_augment', 'CachedImages', 'collate_uint8',
-           'to_input', 'faces_main']
+__all__ = ['FACE_DETECTORS', 'DEFAULT_FACE_BOX', 'FACE_COLUMNS', 'BOX_COLUMNS', 'CROP_ASPECTS', 'CACHE_VERSION',
+           'AUGMENT_PRESETS', 'create_face_detector', 'detect_image', 'face_boxes_path', 'dataset_images',
+           'fallback_box', 'finish_boxes', 'face_boxes', 'detection_rates', 'crop_boxes', 'crop_aspect_ratio',
+           'parse_size', 'cache_key', 'load_image', 'build_cache', 'mean_crop_aspect', 'aspect_size', 'build_augment',
+           'CachedImages', 'collate_uint8', 'to_input', 'faces_main']
 
 # %% ../nbs/02_preprocess.ipynb #14c415eb
 def _mtcnn(min_face_size: int = 24, thresholds=(0.5, 0.6, 0.6)):
@@ -165,11 +165,12 @@ def crop_boxes(boxes, width, height, margin: float = 0.3, aspect: float | None =
     x0, y0 = np.clip(cx - w / 2, 0, W - w), np.clip(cy - h / 2, 0, H - h)
     return np.stack([x0, y0, x0 + w, y0 + h], 1).round().astype(int)
 
+CROP_ASPECTS = ("model", "square")
+
 def crop_aspect_ratio(crop_aspect: str, img_size) -> float:
     "height / width of crops: the model input's (`model`) or 1 (`square`)."
-    if crop_aspect == "square": return 1.0
-    if crop_aspect == "model": return img_size[0] / img_size[1]
-    raise ValueError(f"unknown crop_aspect {crop_aspect!r}; choose one of ['model', 'square']")
+    if crop_aspect not in CROP_ASPECTS: raise ValueError(f"unknown crop_aspect {crop_aspect!r}; choose one of {list(CROP_ASPECTS)}")
+    return 1.0 if crop_aspect == "square" else img_size[0] / img_size[1]
 
 # %% ../nbs/02_preprocess.ipynb #627eb184
 CACHE_VERSION = 2

@@ -18,15 +18,15 @@ from .core import (N_CLASSES, PROB_COLUMNS, LABEL_FIX_NAMES, SCORING_AGE_THRESHO
                               imagefolder_root, read_imagefolder, imagefolder_metrics, assign_label_folds, class_names,
                               atomic_path, write_csv, in_test)
 from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, build_augment, build_cache, CachedImages, collate_uint8, to_input,
-                                    parse_size, face_boxes, crop_boxes, crop_aspect_ratio, BOX_COLUMNS)
+                                    parse_size, face_boxes, crop_boxes, crop_aspect_ratio, CROP_ASPECTS, BOX_COLUMNS)
 
 # %% auto #0
-__all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'CROP_ASPECTS', 'LOSSES', 'TrainParams',
-           'parse_loss', 'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'save_model', 'load_model',
-           'make_model', 'input_norm', 'count_macs', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss',
-           'symmetric_ce_loss', 'kd_loss', 'teacher_probabilities', 'build_loss', 'seed_epoch', 'EpochSampler',
-           'strip_cutmix', 'prepare_data', 'score_probabilities', 'face_crops', 'build_optimizer', 'build_scheduler',
-           'setup_device', 'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
+__all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'LOSSES', 'TrainParams', 'parse_loss',
+           'parse_ages', 'make_params', 'FactorizedHead', 'create_model', 'save_model', 'load_model', 'make_model',
+           'input_norm', 'count_macs', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss', 'symmetric_ce_loss',
+           'kd_loss', 'teacher_probabilities', 'build_loss', 'seed_epoch', 'EpochSampler', 'strip_cutmix',
+           'prepare_data', 'score_probabilities', 'face_crops', 'build_optimizer', 'build_scheduler', 'setup_device',
+           'predict', 'save_checkpoint', 'load_checkpoint', 'train', 'plot_history', 'main']
 
 # %% ../nbs/03a_training.ipynb #63d183bb
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
@@ -35,7 +35,6 @@ HEADS = ("single", "multitask")
 SAMPLERS = ("none", "weighted")
 CLASS_WEIGHTS = ("none", "balanced")
 CROPS = ("none", "face")
-CROP_ASPECTS = ("model", "square")
 
 @dataclass
 class TrainParams:
@@ -313,6 +312,11 @@ def strip_cutmix(x, y, rng):
     return x, lam * y + (1 - lam) * y.flip(0)
 
 # %% ../nbs/03a_training.ipynb #a55dea5c
+def _fold_rows(table: pd.DataFrame, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    "(train rows, validation rows) of `table` for `fold`; fold -1 trains on every row."
+    train_rows = table.index[table.fold != fold].to_numpy()
+    return train_rows, (table.index[table.fold == fold].to_numpy() if fold >= 0 else np.array([], int))
+
 def prepare_data(p: TrainParams, cache: bool = True) -> dict:
     "Table, train/val row indices, training labels, class names and cached images for run `p`."
     if imagefolder_root(p.data_dir) is not None: return _prepare_imagefolder(p, cache)
@@ -325,8 +329,7 @@ def prepare_data(p: TrainParams, cache: bool = True) -> dict:
         keep = np.random.default_rng(p.seed).permutation(persons)[: max(p.n_folds, math.ceil(p.max_images / 7))]
         table = table[table.person_id.isin(keep)].reset_index(drop=True)
     table = assign_folds(table, p.n_folds, p.seed)
-    train_rows = table.index[table.fold != p.fold].to_numpy()
-    val_rows = table.index[table.fold == p.fold].to_numpy() if p.fold >= 0 else np.array([], int)
+    train_rows, val_rows = _fold_rows(table, p.fold)
     dropped = parse_ages(p.drop_boundary_ages)
     if dropped: train_rows = train_rows[~np.isin(table.age_train.to_numpy()[train_rows], dropped)]
     out = dict(table=table, train_rows=train_rows, val_rows=val_rows, label_fix=fixed.attrs["label_fix"], crop=dict(name=p.crop),
@@ -346,8 +349,7 @@ def _prepare_imagefolder(p: TrainParams, cache: bool) -> dict:
     if p.max_images and p.max_images < len(table):
         table = table.groupby("label", group_keys=False).sample(frac=p.max_images / len(table), random_state=p.seed).sort_index().reset_index(drop=True)
     table = assign_label_folds(table, p.n_folds, p.seed).assign(label_train=table.label)
-    train_rows = table.index[table.fold != p.fold].to_numpy()
-    val_rows = table.index[table.fold == p.fold].to_numpy() if p.fold >= 0 else np.array([], int)
+    train_rows, val_rows = _fold_rows(table, p.fold)
     out = dict(table=table, train_rows=train_rows, val_rows=val_rows, label_fix=dict(name="none"), crop=dict(name="none"),
                classes=list(table.groupby("label").class_name.first()), task="imagefolder")
     if cache: out["images"] = build_cache(table.path, p.img_size, p.cache_dir, progress=not in_test())
@@ -641,7 +643,7 @@ def _train(p, out, device, rank, world, main):
         write_csv(pd.concat([rows, pd.DataFrame(probs, columns=prob_columns)], axis=1), out / "train.csv", float_format="%.6f")
     if p.predict_eval and "eval" in data:
         probs = predict(best, data["eval_images"], np.arange(len(data["eval"])), mean, std, device, channels_last=p.channels_last, amp=p.amp)
-        test = pd.concat([data["eval"][["ImageID"]].reset_index(drop=True), pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
+        test = pd.concat([data["eval"][["ImageID"]].reset_index(drop=True), pd.DataFrame(probs, columns=prob_columns)], axis=1)
         write_csv(test, out / "test.csv", float_format="%.6f")
     metrics["wall_seconds"] = round(time.time() - t_start, 1)
     _json(out / "metrics.json", metrics)
