@@ -4,6 +4,8 @@
 #
 # torch and torchvision are installed as a pinned pair first. For a GPU server pick the pair and the
 # wheel index for your CUDA version, e.g.  make demo TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url <your CUDA index>"
+SHELL      := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON     ?= python3
 VENV       ?= .venv
 BIN        := $(VENV)/bin
@@ -24,8 +26,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q $(TORCH_SPEC) 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q $(TORCH_SPEC) 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -c "import torch, torchvision, timm, mask_pstage; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
 	touch $@
 
@@ -57,7 +59,9 @@ lightweight: data
 	mkdir -p outputs/lightweight
 	$(BIN)/papermill nbs/06_lightweight.ipynb outputs/lightweight/06_lightweight.ipynb -p data_dir $(DATA) -p out_dir outputs/lightweight --log-level WARNING
 
+# lint (ruff over the notebooks, tests and benchmarks), then the test suite
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider
 
 # developer helpers: export the package from the notebooks, and clean the notebooks

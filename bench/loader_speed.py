@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from mask_pstage.core import read_train
-from mask_pstage.preprocess import build_augment, build_cache, CachedImages, collate_uint8, to_input
-from mask_pstage.training import create_model
+from mask_pstage.preprocess import build_augment, build_cache, CachedImages, collate_uint8
+from mask_pstage.models import create_model, to_input
 
 SIZE = (128, 96)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -34,7 +34,7 @@ def baseline(paths):
 
 
 def cached(images, epochs=3, batch=64):
-    ds = CachedImages(images, labels=np.zeros(len(images), int), augment=build_augment("base", seed=0))
+    ds = CachedImages(images, augment=build_augment("base", seed=0))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0, collate_fn=collate_uint8)
     n, t0 = 0, time.perf_counter()
     for _ in range(epochs):

@@ -4,57 +4,36 @@
 
 # %% ../nbs/04_error_analysis.ipynb #0d7fbff5
 from __future__ import annotations
-import glob, json
+import json
 from pathlib import Path
+from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from PIL import Image
 from .core import (AGE_BANDS, GENDERS, MASKS, N_CLASSES, PROB_COLUMNS, class_names, classification_metrics, decode_label,
                               read_train, resolve_path, write_csv, atomic_path)
+from .runs import Run, find_runs
 
 # %% auto #0
-__all__ = ['find_runs', 'run_params', 'load_oof', 'fold_table', 'covers_all_persons', 'confusion_plots', 'per_class_table',
-           'age_error_table', 'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection']
+__all__ = ['load_oof', 'fold_table', 'covers_all_persons', 'confusion_plots', 'per_class_table', 'age_error_table',
+           'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection', 'run_analysis']
 
 # %% ../nbs/04_error_analysis.ipynb #5782f121
-def find_runs(spec) -> list[Path]:
-    "Run folders (holding metrics.json) named by `spec`: paths, folders of runs or globs, comma-separated."
-    found = []
-    for part in [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if str(s).strip()]:
-        matches = sorted(glob.glob(str(resolve_path(part)))) or [str(resolve_path(part))]
-        for m in map(Path, matches):
-            if (m / "metrics.json").exists(): found.append(m)
-            elif m.is_dir(): found += sorted(p.parent for p in m.glob("*/metrics.json"))
-    if not found: raise FileNotFoundError(f"no run folders (with metrics.json) found for runs={spec!r}; train one with nbs/03_train.ipynb")
-    for run in found:
-        classes = json.loads((run / "params.json").read_text()).get("classes") if (run / "params.json").exists() else None
-        if classes is not None and len(classes) != 18:
-            raise ValueError(f"run {run} was trained on a class-per-folder dataset ({len(classes)} classes); error analysis and ensembles "
-                             f"are for the mask task (see nbs/06_lightweight.ipynb for such runs)")
-    return list(dict.fromkeys(found))
-
-def run_params(run: Path) -> dict:
-    return json.loads((run / "params.json").read_text())["params"]
-
-def load_oof(runs) -> pd.DataFrame:
+def load_oof(runs: list[Run]) -> pd.DataFrame:
     "The out-of-fold predictions of `runs`, one row per validation image, with the run folder."
-    frames = [pd.read_csv(r / "oof.csv", dtype={"person_id": str}).assign(run=str(r)) for r in runs if (r / "oof.csv").exists()]
-    if not frames: raise FileNotFoundError(f"none of {[str(r) for r in runs]} has an oof.csv (runs with fold -1 have no validation)")
+    frames = [oof.assign(run=str(r)) for r in runs if (oof := r.oof()) is not None]
+    if not frames: raise FileNotFoundError(f"none of {[str(r) for r in runs]} has validation predictions (runs with fold -1 have none)")
     return pd.concat(frames, ignore_index=True)
 
-def fold_table(runs) -> pd.DataFrame:
+def fold_table(runs: list[Run]) -> pd.DataFrame:
     "One row per run: fold and validation metrics."
-    rows = []
-    for r in runs:
-        m = json.loads((r / "metrics.json").read_text())
-        rows.append(dict(run=r.name, fold=m.get("fold"), macro_f1=m.get("macro_f1"), accuracy=m.get("accuracy"), f1_mask=m.get("f1_mask"),
-                         f1_gender=m.get("f1_gender"), f1_age=m.get("f1_age"), best_epoch=m.get("best_epoch"), n_val_images=m.get("n_val_images")))
-    return pd.DataFrame(rows)
+    keys = ("fold", "macro_f1", "accuracy", "f1_mask", "f1_gender", "f1_age", "best_epoch", "n_val_images")
+    return pd.DataFrame([dict(run=r.name, **{k: r.metrics.get(k) for k in keys}) for r in runs])
 
-def covers_all_persons(runs, oof: pd.DataFrame) -> bool:
+def covers_all_persons(runs: list[Run], oof: pd.DataFrame) -> bool:
     "True when the runs' validation folds together hold every training person exactly once (a full K-fold)."
-    p = run_params(runs[0])
+    p = runs[0].params
     if p.get("max_images"): return False
     persons = read_train(p["data_dir"]).person_id
     return oof.groupby("person_id").run.nunique().max() == 1 and set(oof.person_id) == set(persons) and not oof.path.duplicated().any()
@@ -89,7 +68,8 @@ def per_class_table(y_true, y_pred) -> pd.DataFrame:
 def age_error_table(oof: pd.DataFrame) -> pd.DataFrame:
     "Per true age: images and the share whose predicted age band is wrong."
     wrong = decode_label(oof.pred.to_numpy())[2] != oof.age_band.to_numpy()
-    return oof.assign(age_band_wrong=wrong).groupby("age").agg(images=("path", "size"), age_band_error=("age_band_wrong", "mean")).reset_index()
+    return (oof.assign(age_band_wrong=wrong).groupby("age")
+               .agg(images=("path", "size"), age_band_error=("age_band_wrong", "mean")).reset_index())
 
 # %% ../nbs/04_error_analysis.ipynb #add3c830
 def confident_mistakes(oof: pd.DataFrame, k: int = 18) -> pd.DataFrame:
@@ -135,3 +115,29 @@ def noise_detection(suspects: pd.DataFrame, manifest: pd.DataFrame, threshold: f
     pr = lambda s: (len(s & truth) / len(s) if s else float("nan"), len(s & truth) / len(truth) if truth else float("nan"))
     (p1, r1), (p2, r2) = pr(flagged), pr(top)
     return dict(injected_in_oof=len(truth), flagged=len(flagged), precision=p1, recall=r1, precision_at_n=p2, recall_at_n=r2)
+
+# %% ../nbs/04_error_analysis.ipynb #25751727
+def run_analysis(runs, out_dir="", gallery_size: int = 18, noise_manifest="") -> SimpleNamespace:
+    "Error analysis of `runs` (a spec for `find_runs`): tables and summary.json in `out_dir` (default: 'analysis' beside the runs)."
+    runs = find_runs(runs)
+    out = resolve_path(out_dir) if out_dir else runs[0].path.parent / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    oof, folds = load_oof(runs), fold_table(runs)
+    full = covers_all_persons(runs, oof)
+    summary = dict(runs=[str(r) for r in runs], fold_macro_f1_mean=float(folds.macro_f1.mean()),
+                   fold_macro_f1_std=float(folds.macro_f1.std(ddof=0)))
+    if full:
+        m = classification_metrics(oof.label, oof[PROB_COLUMNS].to_numpy())
+        summary.update(oof_macro_f1=m["macro_f1"], oof_f1_mask=m["f1_mask"], oof_f1_gender=m["f1_gender"], oof_f1_age=m["f1_age"])
+    per_class = per_class_table(oof.label, oof.pred)
+    write_csv(per_class, out / "per_class.csv")
+    suspects = noise_suspects(oof)
+    manifest_path = Path(noise_manifest) if noise_manifest else resolve_path(runs[0].params["data_dir"]) / "label_noise.csv"
+    if manifest_path.exists():
+        manifest = pd.read_csv(manifest_path, dtype={"person_id": str})
+        summary["noise_detection"] = noise_detection(suspects, manifest)
+        suspects = suspects.assign(injected=suspects.person_id.isin(manifest.person_id))
+    write_csv(suspects, out / "noise_suspects.csv")
+    with atomic_path(out / "summary.json") as tmp: tmp.write_text(json.dumps(summary, indent=1, default=float))
+    return SimpleNamespace(runs=runs, out=out, oof=oof, folds=folds, full=full, summary=summary, per_class=per_class,
+                           ages=age_error_table(oof), mistakes=confident_mistakes(oof, gallery_size), suspects=suspects)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #67dc0ddc
 from __future__ import annotations
-import os, sys, re, hashlib, contextlib, tempfile
+import os, sys, re, contextlib, tempfile
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -39,7 +39,8 @@ def age_band(age, threshold: int = SCORING_AGE_THRESHOLD):
 
 def encode_label(mask, gender, age_band):
     "18-class label from (mask 0..2, gender 0..1, age_band 0..2)."
-    return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age_band) if np.ndim(mask) else int(mask) * 6 + int(gender) * 3 + int(age_band)
+    if np.ndim(mask): return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age_band)
+    return int(mask) * 6 + int(gender) * 3 + int(age_band)
 
 def decode_label(label):
     "(mask, gender, age_band) of an 18-class label (scalar or array)."
@@ -226,10 +227,12 @@ def scan_eval(data_dir) -> tuple[pd.DataFrame, list[Problem]]:
                 problems.append(Problem("error", str(images / name), "eval image listed in info.csv is missing",
                                         "restore it from the competition data; a submission needs every row"))
             elif present[name] == 0:
-                problems.append(Problem("error", str(images / name), "image file is empty (0 bytes)", "restore it from the competition data"))
+                problems.append(Problem("error", str(images / name), "image file is empty (0 bytes)",
+                                        "restore it from the competition data"))
         for name in sorted(set(present) - set(df.ImageID)):
             if not name.startswith("."):
-                problems.append(Problem("warning", str(images / name), "file is not listed in info.csv (ignored)", "remove it or add it to info.csv"))
+                problems.append(Problem("warning", str(images / name), "file is not listed in info.csv (ignored)",
+                                        "remove it or add it to info.csv"))
     out = pd.DataFrame({"ImageID": df.ImageID, "path": [str(images / n) for n in df.ImageID]})
     return out, problems
 
@@ -393,14 +396,18 @@ def read_imagefolder(data_dir) -> pd.DataFrame:
     "One row per image of a class-per-folder dataset: path, class_name, label (sorted class order), person_id (the image: no groups)."
     root = imagefolder_root(data_dir)
     if root is None:
-        raise LayoutError([Problem("error", str(resolve_path(data_dir)), "neither the competition layout (train/train.csv) nor class folders with images",
-                                   "put the competition data there, or one folder of images per class (<class>/<image> or train/<class>/<image>)")])
+        raise LayoutError([Problem("error", str(resolve_path(data_dir)),
+                                   "neither the competition layout (train/train.csv) nor class folders with images",
+                                   "put the competition data there, or one folder of images per class "
+                                   "(<class>/<image> or train/<class>/<image>)")])
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     rows = [(str(f), c, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
             if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")]
     df = pd.DataFrame(rows, columns=["path", "class_name", "label"])
     empty = [c for c in classes if c not in set(df.class_name)]
-    if empty: raise LayoutError([Problem("error", str(root / c), "class folder without images", "add its images or remove the folder") for c in empty])
+    if empty:
+        raise LayoutError([Problem("error", str(root / c), "class folder without images", "add its images or remove the folder")
+                           for c in empty])
     df["person_id"] = [os.path.relpath(p, root) for p in df.path]
     return df
 

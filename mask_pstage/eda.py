@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json
 from pathlib import Path
+from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
@@ -14,7 +15,8 @@ from .core import (AGE_BANDS, GENDERS, MASKS, LABEL_FIX_NAMES, atomic_path, clas
                               read_eval, read_train, resolve_path, validate_layout)
 
 # %% auto #0
-__all__ = ['person_table', 'image_info', 'pixel_stats', 'save_fig', 'plot_distributions', 'plot_age_hist', 'sample_grid']
+__all__ = ['person_table', 'image_info', 'pixel_stats', 'save_fig', 'plot_distributions', 'plot_age_hist', 'sample_grid',
+           'run_eda']
 
 # %% ../nbs/01_eda.ipynb #2aace1b4
 def person_table(train: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +54,8 @@ def plot_distributions(train: pd.DataFrame, persons: pd.DataFrame):
     counts = train.label.value_counts().reindex(range(18), fill_value=0)
     axes[0].bar(range(18), counts, color=[f"C{m}" for m in np.repeat([0, 1, 2], 6)])
     axes[0].set_xticks(range(18), class_names(), rotation=70, fontsize=7); axes[0].set_title("images per class")
-    for ax, col, names, src in ((axes[1], "mask", MASKS, train), (axes[2], "gender", GENDERS, persons), (axes[3], "age_band", AGE_BANDS, persons)):
+    panels = ((axes[1], "mask", MASKS, train), (axes[2], "gender", GENDERS, persons), (axes[3], "age_band", AGE_BANDS, persons))
+    for ax, col, names, src in panels:
         c = src[col].value_counts().reindex(range(len(names)), fill_value=0)
         ax.bar(names, c); ax.tick_params(axis="x", labelsize=7); ax.set_title(f"{col} ({'images' if src is train else 'persons'})")
         for i, v in enumerate(c): ax.text(i, v, f"{v / c.sum():.0%}", ha="center", va="bottom", fontsize=8)
@@ -82,3 +85,28 @@ def sample_grid(train: pd.DataFrame, seed: int = 0, thumb=(96, 128)):
             with Image.open(train.path[rng.choice(rows)]) as im: ax.imshow(im.convert("RGB").resize(thumb))
     fig.tight_layout()
     return fig
+
+# %% ../nbs/01_eda.ipynb #beca0596
+def run_eda(data_dir, out_dir, age_threshold: int = 60, n_pixel_images: int = 400, seed: int = 0) -> SimpleNamespace:
+    "Read and check a dataset, compute its tables and statistics, write out_dir/summary.json; returns everything for the plots."
+    data_dir, out_dir = resolve_path(data_dir), resolve_path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    problems = validate_layout(data_dir, check_images=False)
+    train, evals = read_train(data_dir, age_threshold=age_threshold), read_eval(data_dir)
+    persons = person_table(train)
+    info = image_info(list(train.path) + list(evals.path))
+    info["split"] = ["train"] * len(train) + ["eval"] * len(evals)
+    sizes = info.groupby(["split", "width", "height", "mode"]).size().rename("images").reset_index()
+    exts = info.groupby(["split", "ext"]).size().rename("images").reset_index()
+    stats = pixel_stats(train.path, n_pixel_images, seed)
+    listed = pd.DataFrame([(name, label_fix_table(name).person_id.nunique(), label_fix_table(name).person_id.isin(persons.person_id).sum())
+                           for name in LABEL_FIX_NAMES if name != "none"], columns=["list", "persons_listed", "present_here"])
+    summary = dict(data_dir=str(data_dir), persons=len(persons), train_images=len(train), eval_images=len(evals),
+                   layout_problems=int(len(problems)), class_counts=train.label.value_counts().reindex(range(18), fill_value=0).tolist(),
+                   female_share=round(float(persons.gender.mean()), 4),
+                   age_band_shares=persons.age_band.value_counts(normalize=True).reindex(range(3), fill_value=0).round(4).tolist(),
+                   image_sizes={f"{w}x{h}": int(n) for (w, h), n in sizes.groupby(["width", "height"]).images.sum().items()},
+                   extensions=info.ext.value_counts().to_dict(), pixel_mean=stats["mean"], pixel_std=stats["std"])
+    with atomic_path(out_dir / "summary.json") as tmp: tmp.write_text(json.dumps(summary, indent=1))
+    return SimpleNamespace(data_dir=data_dir, out_dir=out_dir, problems=problems, train=train, evals=evals, persons=persons,
+                           info=info, sizes=sizes, exts=exts, stats=stats, listed=listed, summary=summary)

@@ -5,60 +5,49 @@
 # %% ../nbs/05_ensemble.ipynb #c829b266
 from __future__ import annotations
 import json
-from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import N_CLASSES, PROB_COLUMNS, classification_metrics, read_eval, resolve_path, atomic_path, write_csv
-from .analysis import find_runs, run_params, load_oof, covers_all_persons
+from .core import N_CLASSES, PROB_COLUMNS, classification_metrics, resolve_path, atomic_path, write_csv
+from .runs import Run, find_runs, all_runs
+from .models import input_norm, predict
+from .submission import write_submission, score
+from .analysis import covers_all_persons
 
 METHODS = ("soft", "hard", "weighted")
 
 # %% auto #0
-__all__ = ['METHODS', 'average_checkpoints', 'repredict', 'model_predictions', 'combine', 'write_submission', 'leaderboard']
+__all__ = ['METHODS', 'repredict', 'model_predictions', 'combine', 'leaderboard', 'run_ensemble']
 
 # %% ../nbs/05_ensemble.ipynb #a8fd32dc
-def average_checkpoints(run: Path, k: int) -> dict:
-    "The mean of the weights of the last `k` epoch checkpoints of `run` (saved with save_last_k >= k)."
-    from mask_pstage.training import load_checkpoint
-    files = sorted(run.glob("epoch*.pt"))[-k:]
-    if len(files) < k: raise FileNotFoundError(f"{run} has {len(files)} epoch checkpoints, average_last={k} needs {k}: train with save_last_k >= {k}")
-    states = [load_checkpoint(f)["model"] for f in files]
-    return {key: (sum(s[key].double() for s in states) / k).to(states[0][key].dtype) if states[0][key].is_floating_point() else states[-1][key]
-            for key in states[0]}
-
-def repredict(run: Path, tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(oof, test) probabilities of `run` recomputed from its checkpoint(s), with optional flip TTA."
-    from mask_pstage.training import make_params, prepare_data, make_model, load_checkpoint, predict, input_norm
-    p = make_params(run_params(run))
-    data = prepare_data(p)
-    model = make_model(p, pretrained=False)
-    model.load_state_dict(average_checkpoints(run, average_last) if average_last else load_checkpoint(run / "best.pt")["model"])
-    mean, std = input_norm(model)
+def repredict(run: Run, tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    "(oof, test) probabilities of `run` recomputed from its best checkpoint or its last epochs' mean weights, with optional flip TTA."
+    data = run.fold_data()
+    if data.eval is None or data.eval_images is None:
+        raise ValueError(f"run {run} has no eval images to predict (trained with predict_eval false, or its data has no eval/)")
+    model = run.model(average_last or "best")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device)
-    go = lambda images, rows: predict(model, images, rows, mean, std, device, channels_last=p.channels_last, amp=p.amp, flip=tta)
-    oof = pd.read_csv(run / "oof.csv", dtype={"person_id": str}) if (run / "oof.csv").exists() else None
+    model, mean, std = model.to(device), *input_norm(model)
+    go = lambda images, rows: predict(model, images, rows, mean, std, device, channels_last=run.params["channels_last"],
+                                      amp=run.params["amp"], flip=tta)
+    oof = run.oof()
     if oof is not None:
-        table = data["table"]
+        table = data.table
         rows = table.index[table.path.isin(set(oof.path))].to_numpy()
-        probs = pd.DataFrame(go(data["images"], rows), columns=PROB_COLUMNS, index=table.path.to_numpy()[rows]).loc[oof.path]
+        probs = pd.DataFrame(go(data.images, rows), columns=PROB_COLUMNS, index=table.path.to_numpy()[rows]).loc[oof.path]
         oof[PROB_COLUMNS] = probs.to_numpy(); oof["pred"] = probs.to_numpy().argmax(1)
-    test = pd.concat([data["eval"][["ImageID"]].reset_index(drop=True),
-                      pd.DataFrame(go(data["eval_images"], np.arange(len(data["eval"]))), columns=PROB_COLUMNS)], axis=1)
+    test = pd.concat([data.eval[["ImageID"]].reset_index(drop=True),
+                      pd.DataFrame(go(data.eval_images, np.arange(len(data.eval))), columns=PROB_COLUMNS)], axis=1)
     return oof, test
 
-def model_predictions(runs: list[Path], tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+def model_predictions(runs: list[Run], tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     "A model's (out-of-fold, fold-averaged test) probabilities from its fold runs."
     oofs, tests = [], []
     for r in runs:
-        if tta or average_last: oof, test = repredict(r, tta, average_last)
-        else:
-            oof = pd.read_csv(r / "oof.csv", dtype={"person_id": str}) if (r / "oof.csv").exists() else None
-            test = pd.read_csv(r / "test.csv") if (r / "test.csv").exists() else None
+        oof, test = repredict(r, tta, average_last) if tta or average_last else (r.oof(), r.test())
         if oof is not None: oofs.append(oof.assign(run=str(r)))
         if test is not None: tests.append(test.set_index("ImageID")[PROB_COLUMNS])
-    if not tests: raise FileNotFoundError(f"no test.csv in {[str(r) for r in runs]}: train with predict_eval true")
+    if not tests: raise FileNotFoundError(f"no eval predictions in {[str(r) for r in runs]}: train with predict_eval true")
     order = tests[0].index
     test = sum(t.loc[order] for t in tests) / len(tests)
     oof = pd.concat(oofs, ignore_index=True).sort_values("path", ignore_index=True) if oofs else None
@@ -79,29 +68,51 @@ def combine(probs: list[np.ndarray], method: str = "soft", weights=None) -> np.n
     return stack.mean(0)
 
 # %% ../nbs/05_ensemble.ipynb #7cd4eb8a
-def write_submission(test: pd.DataFrame, data_dir, path) -> pd.DataFrame:
-    "submission.csv (ImageID, ans) in info.csv order from test probabilities; validated, written atomically."
-    from mask_pstage.synth import read_submission
-    info = read_eval(data_dir)
-    probs = test.set_index("ImageID").reindex(info.ImageID)
-    missing = probs.index[probs[PROB_COLUMNS[0]].isna()].tolist()
-    if missing: raise ValueError(f"the predictions lack {len(missing)} eval image(s) of {data_dir}/eval/info.csv, e.g. {missing[:3]}")
-    sub = pd.DataFrame({"ImageID": info.ImageID, "ans": probs[PROB_COLUMNS].to_numpy().argmax(1)})
-    with atomic_path(path) as tmp:
-        sub.to_csv(tmp, index=False)
-        read_submission(tmp, info)
-    return sub
-
 def leaderboard(root="outputs") -> pd.DataFrame:
-    "Every run under `root`: its main parameters and metrics, best macro F1 first."
+    "Every finished run under `root`: its main parameters and metrics, best macro F1 first."
     rows = []
-    for m in sorted(resolve_path(root).rglob("metrics.json")):
-        run = m.parent
-        if not (run / "params.json").exists(): continue
-        p, met = json.loads((run / "params.json").read_text())["params"], json.loads(m.read_text())
-        rows.append(dict(run=str(run.relative_to(resolve_path(root))), model=p["model"], fold=p["fold"], img_size="x".join(map(str, p["img_size"])),
-                         head=p["head"], loss=p["loss"], epochs=p["epochs"], label_fix=p["label_fix"], augment=p["augment"],
-                         macro_f1=met.get("macro_f1"), f1_mask=met.get("f1_mask"), f1_gender=met.get("f1_gender"), f1_age=met.get("f1_age"),
-                         macs=met.get("macs"), params=met.get("params"), crop=p.get("crop", "none"), distilled=bool(p.get("teacher_runs")),
-                         pruned=bool(p.get("init_model")), wall_seconds=met.get("wall_seconds")))
+    for run in all_runs(root):
+        p, met = run.params, run.metrics
+        rows.append(dict(run=str(run.path.relative_to(resolve_path(root))), model=p["model"], fold=p["fold"],
+                         img_size="x".join(map(str, p["img_size"])), head=p["head"], loss=p["loss"], epochs=p["epochs"],
+                         label_fix=p["label_fix"], augment=p["augment"], macro_f1=met.get("macro_f1"), f1_mask=met.get("f1_mask"),
+                         f1_gender=met.get("f1_gender"), f1_age=met.get("f1_age"), macs=met.get("macs"), params=met.get("params"),
+                         crop=p.get("crop", "none"), distilled=bool(p.get("teacher_runs")), pruned=bool(p.get("init_model")),
+                         wall_seconds=met.get("wall_seconds")))
     return pd.DataFrame(rows).sort_values("macro_f1", ascending=False, na_position="last", ignore_index=True) if rows else pd.DataFrame()
+
+# %% ../nbs/05_ensemble.ipynb #3aafd99f
+def _oof_report(models, preds, method, weights) -> dict:
+    "Out-of-fold macro F1 of each model and of their combination, when every model's folds cover every person."
+    if not all(o is not None for o, _ in preds) or not all(covers_all_persons(m, o) for m, (o, _) in zip(models, preds)):
+        print("the runs do not cover every person once: no ensemble out-of-fold score")
+        return {}
+    paths = preds[0][0].path.to_numpy()
+    if not all((o.path.to_numpy() == paths).all() for o, _ in preds): raise ValueError("the models were validated on different images")
+    report = {f"oof_macro_f1_model{i}": classification_metrics(o.label, o[PROB_COLUMNS].to_numpy())["macro_f1"]
+              for i, (o, _) in enumerate(preds)}
+    m = classification_metrics(preds[0][0].label, combine([o[PROB_COLUMNS].to_numpy() for o, _ in preds], method, weights))
+    return dict(report, oof_macro_f1=m["macro_f1"], oof_f1_mask=m["f1_mask"], oof_f1_gender=m["f1_gender"], oof_f1_age=m["f1_age"])
+
+def run_ensemble(runs, method: str = "soft", weights: str = "", tta: bool = False, average_last: int = 0, out_dir="",
+                 truth="", leaderboard_root="outputs") -> dict:
+    "Combine the models of `runs` (specs separated by ';') into test_probs.csv, submission.csv and ensemble.json in `out_dir`."
+    models = [find_runs(spec) for spec in runs.split(";") if spec.strip()]
+    out = resolve_path(out_dir) if out_dir else models[0][0].path.parent / "ensemble"
+    out.mkdir(parents=True, exist_ok=True)
+    w = [float(x) for x in weights.split(",")] if weights else None
+    tta = str(tta).strip().lower() in ("true", "1", "yes")  # papermill may pass "true"
+    preds = [model_predictions(m, tta, int(average_last)) for m in models]
+    data_dir = models[0][0].params["data_dir"]
+    report = dict(models=[[str(r) for r in m] for m in models], method=method, weights=w, tta=tta, average_last=int(average_last))
+    report.update(_oof_report(models, preds, method, w))
+    order = preds[0][1].ImageID
+    test_probs = combine([t.set_index("ImageID").loc[order][PROB_COLUMNS].to_numpy() for _, t in preds], method, w)
+    test = pd.concat([order.reset_index(drop=True), pd.DataFrame(test_probs, columns=PROB_COLUMNS)], axis=1)
+    write_csv(test, out / "test_probs.csv", float_format="%.6f")
+    write_submission(test, data_dir, out / "submission.csv")
+    truth_path = resolve_path(truth) if truth else resolve_path(data_dir) / "eval_truth.csv"
+    if truth_path.exists(): report["score"] = score(out / "submission.csv", truth_path)
+    with atomic_path(out / "ensemble.json") as tmp: tmp.write_text(json.dumps(report, indent=1))
+    write_csv(leaderboard(leaderboard_root), out / "leaderboard.csv")
+    return dict(report, out_dir=str(out), data_dir=data_dir)

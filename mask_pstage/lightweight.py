@@ -4,16 +4,14 @@
 
 # %% ../nbs/06_lightweight.ipynb #3189196b
 from __future__ import annotations
-import copy, json, statistics, time
+import copy, statistics, time
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from .core import resolve_path
-from .analysis import run_params
 from .preprocess import parse_size
-from .training import (count_macs, create_model, make_params, make_model, prepare_data, predict, input_norm, load_checkpoint,
-                                  score_probabilities)
+from .models import count_macs, create_model, predict, input_norm
+from .runs import Run
 
 # %% auto #0
 __all__ = ['MACS_REFERENCE', 'F1_REFERENCE', 'lightweight_score', 'measure_latency', 'model_cost', 'model_table',
@@ -100,20 +98,14 @@ def prune_channels(model: nn.Module, img_size, ratio: float = 0.3, round_to: int
 
 # %% ../nbs/06_lightweight.ipynb #de833893
 def run_model(run) -> nn.Module:
-    "The best model of training run `run` (architecture from its parameters or `init_model`, weights from best.pt)."
-    run = resolve_path(run)
-    saved = json.loads((run / "params.json").read_text())
-    model = make_model(make_params(saved["params"]), pretrained=False, n_classes=len(saved["classes"]))
-    model.load_state_dict(load_checkpoint(run / "best.pt")["model"])
-    return model.eval()
+    "The best model of training run `run` (architecture from its parameters or `init_model`, weights from its best checkpoint)."
+    return Run(run).model("best")
 
 def validate(model: nn.Module, run, **overrides) -> dict:
     "Macro F1 (and per attribute) of `model` on the validation fold of run `run`, with that run's data, crop and size."
-    p = make_params(run_params(resolve_path(run)), predict_eval=False, **overrides)
-    data = prepare_data(p)
-    mean, std = input_norm(model)
-    probs = predict(model.eval(), data["images"], data["val_rows"], mean, std, torch.device("cpu"), channels_last=False)
-    return score_probabilities(data, data["table"].label.to_numpy()[data["val_rows"]], probs)
+    data = Run(run).fold_data(predict_eval=False, **overrides)
+    probs = predict(model.eval(), data.images, data.val_rows, *input_norm(model), torch.device("cpu"), channels_last=False)
+    return data.metrics(data.val_rows, probs)
 
 def pareto_front(cost, quality) -> np.ndarray:
     "True where no other point has at most the cost and at least the quality, and is better in one of them."
@@ -124,7 +116,8 @@ def collect_runs(root="outputs") -> pd.DataFrame:
     "The runs under `root` that have a validation F1 and MACs (`ensemble.leaderboard`), with their lightweight score and Pareto flag."
     from mask_pstage.ensemble import leaderboard
     runs = leaderboard(root)
-    runs = runs.dropna(subset=["macro_f1", "macs"]).reset_index(drop=True) if len(runs) else pd.DataFrame(columns=["run", "macs", "macro_f1"])
+    if not len(runs): runs = pd.DataFrame(columns=["run", "macs", "macro_f1"])
+    runs = runs.dropna(subset=["macro_f1", "macs"]).reset_index(drop=True)
     runs["score"] = [lightweight_score(m, f) for m, f in zip(runs.macs, runs.macro_f1)]
     return runs.assign(pareto=pareto_front(runs.macs, runs.macro_f1))
 
@@ -135,6 +128,7 @@ def plot_pareto(runs: pd.DataFrame, ax=None):
     ax.scatter(runs.macs, runs.macro_f1, c=np.where(runs.pareto, "tab:red", "tab:gray"), s=30, zorder=3)
     front = runs[runs.pareto].sort_values("macs")
     ax.plot(front.macs, front.macro_f1, color="tab:red", lw=1, label="Pareto front")
-    for _, r in runs.iterrows(): ax.annotate(r.run.split("/")[-1], (r.macs, r.macro_f1), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for _, r in runs.iterrows():
+        ax.annotate(r.run.split("/")[-1], (r.macs, r.macro_f1), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xscale="log", xlabel="MACs (ptflops, input size as trained)", ylabel="validation macro F1"); ax.legend(); ax.grid(alpha=0.3)
     return ax.figure

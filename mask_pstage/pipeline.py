@@ -7,6 +7,9 @@ from __future__ import annotations
 import os, sys, json, time, argparse, hashlib
 from pathlib import Path
 from .core import project_root, resolve_path, atomic_path
+from .training import make_params
+from .preprocess import face_boxes
+from .runs import Run
 
 NBS = project_root(Path(__file__).parent if "__file__" in globals() else None) / "nbs"
 
@@ -33,7 +36,8 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     finally:
         if in_test is not None: os.environ["IN_TEST"] = in_test
     marker.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(marker) as tmp: tmp.write_text(json.dumps(dict(key=key, params=params, seconds=round(time.time() - t0, 1)), default=str))
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(dict(key=key, params=params, seconds=round(time.time() - t0, 1)), default=str))
     log(f"[{name}] done in {time.time() - t0:.0f} s")
     return out_nb
 
@@ -44,18 +48,17 @@ __all__ = ['NBS', 'PipelineError', 'run_step', 'run_pipeline', 'write_summary', 
 def run_pipeline(data_dir, run_dir, n_folds: int = 5, train: dict | None = None, ensemble: dict | None = None,
                  skip_train: bool = False, force: bool = False, log=print) -> dict:
     "EDA, K training folds, error analysis and ensemble into `run_dir`; returns the summary."
-    data_dir, run = str(resolve_path(data_dir)), resolve_path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(run / "eda")), force, log)
+    data_dir, run, t0 = str(resolve_path(data_dir)), resolve_path(run_dir), time.time()
     train = dict(train or {})
-    if str(train.get("crop", "none")) == "face":  # detect faces once here, not once per fold
-        from mask_pstage.preprocess import face_boxes
-        face_boxes(data_dir, train.get("face_detector", "mtcnn"), train.get("face_boxes") or None, train.get("cache_dir", "outputs/cache"),
-                   log=lambda m: log(f"[faces] {m}"))
+    p = make_params(train, data_dir=data_dir, n_folds=n_folds, fold=0)  # a bad value fails here, with the valid choices
+    run.mkdir(parents=True, exist_ok=True)
+    run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(run / "eda")), force, log)
+    if p.crop == "face":  # detect faces once here, not once per fold
+        face_boxes(data_dir, p.face_detector, p.face_boxes or None, p.cache_dir, log=lambda m: log(f"[faces] {m}"))
     for fold in range(n_folds):
         params = dict(train, data_dir=data_dir, n_folds=n_folds, fold=fold, out_dir=str(run / "train" / f"fold{fold}"), resume=True)
-        if skip_train and (run / "train" / f"fold{fold}" / "metrics.json").exists(): log(f"[03_train_fold{fold}] skipped (--skip-train)"); continue
+        if skip_train and Run(run / "train" / f"fold{fold}").finished:
+            log(f"[03_train_fold{fold}] skipped (--skip-train)"); continue
         run_step(run, f"03_train_fold{fold}", "03_train.ipynb", params, force, log)
     runs = str(run / "train")
     run_step(run, "04_error_analysis", "04_error_analysis.ipynb", dict(runs=runs, out_dir=str(run / "analysis")), force, log)
@@ -77,15 +80,19 @@ def write_summary(run: Path, seconds: float | None = None) -> dict:
                    submission_score=ensemble.get("score"), noise_detection=analysis.get("noise_detection"),
                    pipeline_seconds=round(seconds, 1) if seconds else None)
     fmt = lambda v: (f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}") if isinstance(v, float) else str(v)
-    lines = [f"# Run {run.name}", "", "| fold run | model | size | macro F1 | mask | gender | age | seconds |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"# Run {run.name}", "", "| fold run | model | size | macro F1 | mask | gender | age | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in folds[cols].iterrows()]
     lines += ["", f"- folds: macro F1 {summary['fold_macro_f1_mean']:.4f} +- {summary['fold_macro_f1_std']:.4f}"]
-    if summary["oof_macro_f1"] is not None: lines.append(f"- full out-of-fold macro F1: {summary['oof_macro_f1']:.4f}; ensemble: {fmt(summary['ensemble_oof_macro_f1'])}")
-    if summary["submission_score"]: lines.append("- submission (synthetic scorer): " + ", ".join(f"{k} {v:.4f}" for k, v in summary["submission_score"].items()))
-    if summary["noise_detection"]: lines.append("- label-noise suspects vs injected noise: " + ", ".join(f"{k} {fmt(v)}" for k, v in summary["noise_detection"].items()))
+    join = lambda d, f: ", ".join(f"{k} {f(v)}" for k, v in d.items())
+    if summary["oof_macro_f1"] is not None:
+        lines.append(f"- full out-of-fold macro F1: {summary['oof_macro_f1']:.4f}; ensemble: {fmt(summary['ensemble_oof_macro_f1'])}")
+    if summary["submission_score"]: lines.append("- submission (scorer): " + join(summary["submission_score"], lambda v: f"{v:.4f}"))
+    if summary["noise_detection"]: lines.append("- label-noise suspects vs injected noise: " + join(summary["noise_detection"], fmt))
     if seconds: lines.append(f"- wall time: {seconds:.0f} s")
-    lines += ["", "Plots: [EDA](eda/distributions.png), [ages](eda/ages.png), [confusion](analysis/confusion.png), [per class](analysis/per_class.png),",
-              "[age errors](analysis/age_errors.png), [mistakes](analysis/mistakes.png); submission: [ensemble/submission.csv](ensemble/submission.csv)"]
+    lines += ["", "Plots: [EDA](eda/distributions.png), [ages](eda/ages.png), [confusion](analysis/confusion.png), "
+              "[per class](analysis/per_class.png),", "[age errors](analysis/age_errors.png), [mistakes](analysis/mistakes.png); "
+              "submission: [ensemble/submission.csv](ensemble/submission.csv)"]
     with atomic_path(run / "summary.md") as tmp: tmp.write_text("\n".join(lines) + "\n")
     with atomic_path(run / "summary.json") as tmp: tmp.write_text(json.dumps(summary, indent=1))
     return summary

@@ -11,14 +11,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 import albumentations as A
-from .core import atomic_path, resolve_path, write_csv, read_train, read_eval, MASKS
+from dataclasses import dataclass
+from .core import atomic_path, resolve_path, write_csv, read_train, read_eval, in_test, MASKS
+from .tasks import task_for, parse_ages
 
 # %% auto #0
 __all__ = ['FACE_DETECTORS', 'DEFAULT_FACE_BOX', 'FACE_COLUMNS', 'BOX_COLUMNS', 'CROP_ASPECTS', 'CACHE_VERSION',
            'AUGMENT_PRESETS', 'create_face_detector', 'detect_image', 'face_boxes_path', 'dataset_images',
            'fallback_box', 'finish_boxes', 'face_boxes', 'detection_rates', 'crop_boxes', 'crop_aspect_ratio',
            'parse_size', 'cache_key', 'load_image', 'build_cache', 'mean_crop_aspect', 'aspect_size', 'build_augment',
-           'CachedImages', 'collate_uint8', 'to_input', 'faces_main']
+           'CachedImages', 'collate_uint8', 'FoldData', 'face_crops', 'prepare_data', 'faces_main']
 
 # %% ../nbs/02_preprocess.ipynb #14c415eb
 def _mtcnn(min_face_size: int = 24, thresholds=(0.5, 0.6, 0.6)):
@@ -55,12 +57,15 @@ def detect_image(path, detect, detect_size: int = 256) -> dict:
     faces = detect(img)
     row = dict(width=W, height=H, n_faces=len(faces), face_x0=np.nan, face_y0=np.nan, face_x1=np.nan, face_y1=np.nan, score=np.nan)
     if faces:
-        (x0, y0, x1, y1), score = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))  # the person, not a face in the background
-        row.update(face_x0=max(0, x0 / scale), face_y0=max(0, y0 / scale), face_x1=min(W, x1 / scale), face_y1=min(H, y1 / scale), score=score)
+        # the largest face: the person, not a face in the background
+        (x0, y0, x1, y1), score = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+        row.update(face_x0=max(0, x0 / scale), face_y0=max(0, y0 / scale), face_x1=min(W, x1 / scale), face_y1=min(H, y1 / scale),
+                   score=score)
     return row
 
 # %% ../nbs/02_preprocess.ipynb #48dba31a
-DEFAULT_FACE_BOX = (0.30, 0.10, 0.70, 0.45)  # relative (x0, y0, x1, y1): a face in the upper middle, used only when too few faces were found
+# relative (x0, y0, x1, y1): a face in the upper middle, used only when too few faces were found
+DEFAULT_FACE_BOX = (0.30, 0.10, 0.70, 0.45)
 FACE_COLUMNS = ["face_x0", "face_y0", "face_x1", "face_y1"]
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 
@@ -99,12 +104,13 @@ def finish_boxes(boxes: pd.DataFrame, min_detections: int = 20) -> pd.DataFrame:
 
 def face_boxes(data_dir, detector: str = "mtcnn", boxes_path=None, cache_dir="outputs/cache", detect_size: int = 256,
                min_face_size: int = 24, thresholds=(0.5, 0.6, 0.6), threads: int | None = None, save_every: int = 2000,
-               progress: bool = False, log=print) -> pd.DataFrame:
-    "One row per train/eval image of `data_dir` (path relative to it): the detected face, the crop box and its source."
+               progress: bool = False, log=print, paths=None) -> pd.DataFrame:
+    """One row per train/eval image of `data_dir` (path relative to it): the detected face, the crop box and its source.
+    `paths` (relative) saves reading the folder's csv files again when the caller has them."""
     root = resolve_path(data_dir)
     csv = resolve_path(boxes_path) if boxes_path else face_boxes_path(root, detector, cache_dir)
     settings = dict(detector=detector, detect_size=detect_size, min_face_size=min_face_size, thresholds="/".join(map(str, thresholds)))
-    paths = dataset_images(root)
+    paths = dataset_images(root) if paths is None else list(paths)
     done = pd.DataFrame(columns=["path"])
     if csv.exists():
         try: done = pd.read_csv(csv, dtype={"path": str, "thresholds": str})
@@ -120,7 +126,8 @@ def face_boxes(data_dir, detector: str = "mtcnn", boxes_path=None, cache_dir="ou
     if todo:
         local = threading.local()
         def one(rel):
-            if not hasattr(local, "detect"): local.detect = create_face_detector(detector, min_face_size=min_face_size, thresholds=thresholds)
+            if not hasattr(local, "detect"):
+                local.detect = create_face_detector(detector, min_face_size=min_face_size, thresholds=thresholds)
             return dict(path=rel, **detect_image(root / rel, local.detect, detect_size), **settings)
         t0, rows = time.time(), []
         log(f"detecting faces in {len(todo)} images of {root} with {detector} ({len(done)} reused from {csv})")
@@ -197,7 +204,7 @@ def cache_key(paths, size, boxes=None) -> str:
     return h.hexdigest()[:20]
 
 def load_image(path, size, box=None) -> np.ndarray:
-    "One image as RGB uint8 (H, W, 3) at `size` = (H, W), cropped to `box` (x0, y0, x1, y1) if given; names the file when it cannot be read."
+    "One image as RGB uint8 (H, W, 3) at `size` = (H, W), cropped to `box` (x0, y0, x1, y1) if given; errors name the file."
     h, w = size
     try:
         with Image.open(path) as im:
@@ -226,7 +233,8 @@ def build_cache(paths, size, cache_dir="outputs/cache", boxes=None, threads: int
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(file) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
-        def fill(i): arr[i] = load_image(paths[i], size, None if boxes is None else boxes[i])
+        def fill(i): arr[i] = load_image(  # noqa: F821 (arr is deleted only after every fill ran)
+            paths[i], size, None if boxes is None else boxes[i])
         with ThreadPoolExecutor(threads or os.cpu_count() or 1) as ex:
             it = ex.map(fill, range(len(paths)))
             if progress:
@@ -268,32 +276,73 @@ def build_augment(name: str, seed: int | None = None) -> A.Compose:
 
 # %% ../nbs/02_preprocess.ipynb #8fedf03b
 class CachedImages:
-    "A map-style dataset over rows `index` of a cached image array, with optional labels and augmentation."
-    def __init__(self, images: np.ndarray, index=None, labels=None, augment: A.Compose | None = None):
+    """A map-style dataset over `rows` of a cached image array (all rows by default), optionally augmented.
+    Each item is (image, row): labels, teacher targets or anything else indexed by row follow the image."""
+    def __init__(self, images: np.ndarray, rows=None, augment: A.Compose | None = None):
         self.images, self.augment = images, augment
-        self.index = np.arange(len(images)) if index is None else np.asarray(index)
-        self.labels = None if labels is None else np.asarray(labels)
-    def __len__(self): return len(self.index)
+        self.rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    def __len__(self): return len(self.rows)
     def __getitem__(self, i):
-        img = np.asarray(self.images[self.index[i]])
+        img = np.asarray(self.images[self.rows[i]])
         if self.augment is not None: img = self.augment(image=img)["image"]
-        return (img, self.labels[i]) if self.labels is not None else img
+        return img, self.rows[i]
 
 def collate_uint8(items):
-    "Stack (image, label) items into a uint8 (B, H, W, 3) tensor and a label tensor (one copy, writable)."
+    "Stack (image, row) items into a uint8 (B, H, W, 3) tensor and a row tensor (one copy, writable)."
     import torch
-    if isinstance(items[0], tuple):
-        imgs, labels = zip(*items)
-        return torch.from_numpy(np.stack(imgs)), torch.as_tensor(np.asarray(labels))
-    return torch.from_numpy(np.stack(items))
+    imgs, rows = zip(*items)
+    return torch.from_numpy(np.stack(imgs)), torch.as_tensor(np.asarray(rows))
 
-def to_input(batch, mean, std, device="cpu", channels_last: bool = True):
-    "uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on `device`, in one fused multiply-add."
-    import torch
-    x = torch.as_tensor(batch).to(device, non_blocking=True).permute(0, 3, 1, 2).float()  # NHWC memory: already channels-last
-    m, s = torch.tensor(mean, device=x.device), torch.tensor(std, device=x.device)
-    x = torch.addcmul((-m / s).view(1, 3, 1, 1), x, (1 / (255 * s)).view(1, 3, 1, 1))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+# %% ../nbs/02_preprocess.ipynb #3c1f69f6
+@dataclass
+class FoldData:
+    "One fold of a data folder, ready to train on: the task's tables, the train and validation rows, the cached images."
+    task: object                            # tasks.CompetitionTask or tasks.FolderTask
+    table: pd.DataFrame                     # training images: `label` as given, `label_train`, `fold`, ...
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    eval: pd.DataFrame | None               # eval images (competition layout with predict_eval)
+    label_fix: dict
+    crop: dict
+    images: np.ndarray | None = None        # uint8 cache, one row per row of `table`
+    eval_images: np.ndarray | None = None   # uint8 cache, one row per row of `eval`
+
+    @property
+    def classes(self) -> list[str]: return self.task.classes
+    def metrics(self, rows, probs) -> dict:
+        "The task's metrics of `probs` against the labels (as given) of table rows `rows`."
+        return self.task.metrics(self.table.label.to_numpy()[rows], probs)
+
+def face_crops(p, all_paths, path_lists, record: dict) -> list[np.ndarray]:
+    """Crop boxes for each list of image paths from the folder's face boxes (detected once for `all_paths`, every image
+    of the folder, so the fallback box does not depend on the run); fills `record`."""
+    root = resolve_path(p.data_dir)
+    rel = lambda paths: [os.path.relpath(x, root) for x in paths]
+    boxes = face_boxes(root, p.face_detector, p.face_boxes or None, p.cache_dir, progress=not in_test(),
+                       paths=rel(all_paths)).set_index("path")
+    aspect = crop_aspect_ratio(p.crop_aspect, p.img_size)
+    out = []
+    for paths in path_lists:
+        b = boxes.loc[rel(paths)]
+        out.append(crop_boxes(b[BOX_COLUMNS].to_numpy(float), b.width.to_numpy(), b.height.to_numpy(), p.crop_margin, aspect))
+    record.update(detector=p.face_detector, boxes_file=boxes.attrs.get("file"), margin=p.crop_margin, aspect=round(aspect, 4),
+                  detected=int((boxes.source == "detected").sum()), fallback=int((boxes.source == "fallback").sum()),
+                  fallback_box=list(boxes.attrs["fallback_box"]), fallback_from=boxes.attrs["fallback_from"])
+    return out
+
+def prepare_data(p, cache: bool = True) -> FoldData:
+    "The fold data of run parameters `p`: the folder read once by its task, the fold's rows and (with `cache`) the cached images."
+    d = task_for(p.data_dir).read(p)
+    train_rows, val_rows = d.fold_rows(p.fold)
+    dropped = parse_ages(getattr(p, "drop_boundary_ages", ""))
+    if dropped: train_rows = train_rows[~np.isin(d.table.age_train.to_numpy()[train_rows], dropped)]
+    out = FoldData(d.task, d.table, train_rows, val_rows, d.eval, d.label_fix, dict(name=p.crop))
+    if cache:
+        lists = [d.table.path] + ([d.eval.path] if d.eval is not None else [])
+        crops = face_crops(p, d.all_paths, lists, out.crop) if p.crop == "face" else [None] * len(lists)
+        out.images = build_cache(d.table.path, p.img_size, p.cache_dir, crops[0], progress=not in_test())
+        if d.eval is not None: out.eval_images = build_cache(d.eval.path, p.img_size, p.cache_dir, crops[1], progress=not in_test())
+    return out
 
 # %% ../nbs/02_preprocess.ipynb #14dcdadb
 def faces_main(argv=None):
@@ -302,7 +351,8 @@ def faces_main(argv=None):
     ap = argparse.ArgumentParser(prog="mask-pstage-faces", description=faces_main.__doc__)
     ap.add_argument("data_dir", help="dataset in the competition layout")
     ap.add_argument("--detector", default="mtcnn", choices=list(FACE_DETECTORS))
-    ap.add_argument("--boxes", default=None, help="CSV to write (default: beside the data, or under --cache-dir when the data is read-only)")
+    ap.add_argument("--boxes", default=None,
+                    help="CSV to write (default: beside the data, or under --cache-dir when the data is read-only)")
     ap.add_argument("--cache-dir", default="outputs/cache")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """Project-level checks: the installed stack, notebook hygiene, the notebooks themselves (nbdev-test),
 and the command-line tools on real-photo and corrupted data. Notebook runs go one at a time: two torch
 jobs at once on 2 cores collapse both."""
-import filecmp, json, os, shutil, subprocess, sys
+import filecmp, json, shutil, subprocess, sys
 from pathlib import Path
 import pandas as pd
 import pytest
