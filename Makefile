@@ -17,7 +17,8 @@ PERSONS      ?= 300
 EVAL_PERSONS ?= 200
 SEED         ?= 0
 FOLD         ?= 0
-FOLDS        ?= 5
+FOLDS        ?=
+PRESET       ?=
 EPOCHS       ?= 12
 
 .PHONY: install data demo eda train pipeline lightweight test clean-nbs export bench
@@ -47,12 +48,13 @@ train: data
 
 # the whole pipeline (EDA, K folds, error analysis, ensemble, submission, score) on the demo data
 demo: data
-	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --folds $(FOLDS) \
+	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --folds $(or $(FOLDS),5) \
 	  --train pretrained=false --train epochs=$(EPOCHS) --train crop=face
 
-# the same pipeline on real data, e.g. make pipeline DATA=data/competition RUN=outputs/exp1 TRAIN="--train model=resnet18"
+# the same pipeline on real data, e.g. make pipeline DATA=data/competition RUN=outputs/exp1 PRESET=cpu
+# (PRESET=cpu|gpu picks a recipe; TRAIN="--train model=resnet18" and FOLDS=5 override it)
 pipeline: install
-	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --folds $(FOLDS) $(TRAIN)
+	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) $(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET)) $(TRAIN)
 
 # the lightweight-model job notebook on the demo data: accounting, score, distillation, pruning, input sizes
 lightweight: data

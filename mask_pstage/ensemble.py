@@ -13,6 +13,7 @@ from .runs import Run, find_runs, all_runs
 from .models import input_norm, predict
 from .submission import write_submission, score
 from .analysis import covers_all_persons
+from .persons import POOLINGS, group_persons, grouping_scores, pool_person_probs
 
 METHODS = ("soft", "hard", "weighted")
 
@@ -82,8 +83,10 @@ def leaderboard(root="outputs") -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("macro_f1", ascending=False, na_position="last", ignore_index=True) if rows else pd.DataFrame()
 
 # %% ../nbs/05_ensemble.ipynb #3aafd99f
-def _oof_report(models, preds, method, weights) -> dict:
-    "Out-of-fold macro F1 of each model and of their combination, when every model's folds cover every person."
+def _oof_report(models, preds, method, weights, pooling: str = "none") -> dict:
+    """Out-of-fold macro F1 of each model and of their combination, when every model's folds cover every person; with
+    `pooling`, also after pooling over the persons found by `group_persons` in each fold (person ids hidden from it),
+    and how well those groups match the true persons."""
     if not all(o is not None for o, _ in preds) or not all(covers_all_persons(m, o) for m, (o, _) in zip(models, preds)):
         print("the runs do not cover every person once: no ensemble out-of-fold score")
         return {}
@@ -91,12 +94,24 @@ def _oof_report(models, preds, method, weights) -> dict:
     if not all((o.path.to_numpy() == paths).all() for o, _ in preds): raise ValueError("the models were validated on different images")
     report = {f"oof_macro_f1_model{i}": classification_metrics(o.label, o[PROB_COLUMNS].to_numpy())["macro_f1"]
               for i, (o, _) in enumerate(preds)}
-    m = classification_metrics(preds[0][0].label, combine([o[PROB_COLUMNS].to_numpy() for o, _ in preds], method, weights))
+    oof, probs = preds[0][0], combine([o[PROB_COLUMNS].to_numpy() for o, _ in preds], method, weights)
+    if pooling != "none":
+        report["oof_macro_f1_unpooled"] = classification_metrics(oof.label, probs)["macro_f1"]
+        groups = np.zeros(len(oof), int)
+        for k, fold in enumerate(oof.run.unique()):  # one fold's validation images at a time, as an eval set is seen
+            rows = np.flatnonzero(oof.run.to_numpy() == fold)
+            groups[rows] = group_persons(oof.path.to_numpy()[rows]) + 100_000 * k
+        report["oof_grouping"] = grouping_scores(oof.person_id, groups)
+        probs = pool_person_probs(probs, groups, pooling)
+    m = classification_metrics(oof.label, probs)
     return dict(report, oof_macro_f1=m["macro_f1"], oof_f1_mask=m["f1_mask"], oof_f1_gender=m["f1_gender"], oof_f1_age=m["f1_age"])
 
 def run_ensemble(runs, method: str = "soft", weights: str = "", tta: bool = False, average_last: int = 0, out_dir="",
-                 truth="", leaderboard_root="outputs") -> dict:
-    "Combine the models of `runs` (specs separated by ';') into test_probs.csv, submission.csv and ensemble.json in `out_dir`."
+                 truth="", leaderboard_root="outputs", person_pooling: str = "none") -> dict:
+    """Combine the models of `runs` (specs separated by ';') into test_probs.csv, submission.csv and ensemble.json in `out_dir`;
+    with `person_pooling`, gender and age are pooled over the eval images that `group_persons` puts together."""
+    if person_pooling not in ("none", *POOLINGS):
+        raise ValueError(f"unknown person_pooling {person_pooling!r}; choose one of {['none', *POOLINGS]}")
     models = [find_runs(spec) for spec in runs.split(";") if spec.strip()]
     out = resolve_path(out_dir) if out_dir else models[0][0].path.parent / "ensemble"
     out.mkdir(parents=True, exist_ok=True)
@@ -104,10 +119,16 @@ def run_ensemble(runs, method: str = "soft", weights: str = "", tta: bool = Fals
     tta = str(tta).strip().lower() in ("true", "1", "yes")  # papermill may pass "true"
     preds = [model_predictions(m, tta, int(average_last)) for m in models]
     data_dir = models[0][0].params["data_dir"]
-    report = dict(models=[[str(r) for r in m] for m in models], method=method, weights=w, tta=tta, average_last=int(average_last))
-    report.update(_oof_report(models, preds, method, w))
+    report = dict(models=[[str(r) for r in m] for m in models], method=method, weights=w, tta=tta, average_last=int(average_last),
+                  person_pooling=person_pooling)
+    report.update(_oof_report(models, preds, method, w, person_pooling))
     order = preds[0][1].ImageID
     test_probs = combine([t.set_index("ImageID").loc[order][PROB_COLUMNS].to_numpy() for _, t in preds], method, w)
+    if person_pooling != "none":
+        eval_dir = resolve_path(data_dir) / "eval" / "images"
+        groups = group_persons([eval_dir / i for i in order])
+        report["eval_groups"] = int(groups.max() + 1)
+        test_probs = pool_person_probs(test_probs, groups, person_pooling)
     test = pd.concat([order.reset_index(drop=True), pd.DataFrame(test_probs, columns=PROB_COLUMNS)], axis=1)
     write_csv(test, out / "test_probs.csv", float_format="%.6f")
     write_submission(test, data_dir, out / "submission.csv")

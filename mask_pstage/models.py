@@ -14,8 +14,9 @@ import timm
 from .core import N_CLASSES, resolve_path, atomic_path
 
 # %% auto #0
-__all__ = ['FactorizedHead', 'create_model', 'save_model', 'load_model', 'make_model', 'input_norm', 'count_macs',
-           'save_checkpoint', 'load_checkpoint', 'average_states', 'to_input', 'predict']
+__all__ = ['AGES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model', 'save_model', 'load_model',
+           'make_model', 'input_norm', 'count_macs', 'save_checkpoint', 'load_checkpoint', 'average_states', 'to_input',
+           'predict']
 
 # %% ../nbs/01a_models.ipynb #cd8b900e
 class FactorizedHead(nn.Module):
@@ -25,11 +26,33 @@ class FactorizedHead(nn.Module):
         return (F.log_softmax(m, 1)[:, :, None, None] + F.log_softmax(g, 1)[:, None, :, None]
                 + F.log_softmax(a, 1)[:, None, None, :]).flatten(1)
 
+# %% ../nbs/01a_models.ipynb #34cf149f
+AGES = np.arange(18, 61)  # the ages the age head covers: the competition's 18..60 (older ages are written as 60)
+
+class AgeDistributionHead(nn.Module):
+    "3 + 2 + len(AGES) logits (mask, gender, exact age) -> 18 class log-probabilities, bands summed from the age distribution."
+    def __init__(self, old_cut: int = 60):
+        super().__init__()
+        self.old_cut, self.age_logp = old_cut, None
+        ages = torch.as_tensor(AGES)
+        self.register_buffer("bands", torch.stack([ages < 30, (ages >= 30) & (ages < old_cut), ages >= old_cut]), persistent=False)
+    def forward(self, z):
+        z = z.float()
+        m, g, self.age_logp = F.log_softmax(z[:, :3], 1), F.log_softmax(z[:, 3:5], 1), F.log_softmax(z[:, 5:], 1)
+        a = torch.stack([self.age_logp.masked_fill(~band, -torch.inf).logsumexp(1) for band in self.bands], 1)
+        return (m[:, :, None, None] + g[:, None, :, None] + a[:, None, None, :]).flatten(1)
+
+def age_targets(ages, sigma: float = 3.0) -> torch.Tensor:
+    "Label distributions over `AGES`: a Gaussian of width `sigma` years around each (clipped) age."
+    a = np.clip(np.asarray(ages, float), AGES[0], AGES[-1])
+    t = np.exp(-0.5 * ((AGES[None, :] - a[:, None]) / sigma) ** 2)
+    return torch.as_tensor(t / t.sum(1, keepdims=True), dtype=torch.float32)
+
 # %% ../nbs/01a_models.ipynb #c24f2f5a
 def create_model(model: str, head: str = "single", pretrained: bool = False, weights_path: str = "",
-                 n_classes: int = N_CLASSES) -> nn.Module:
-    "A timm model with an 18-class output (or `n_classes`); weights from timm, from a local file, or random."
-    kwargs = dict(num_classes=n_classes if head == "single" else 8)
+                 n_classes: int = N_CLASSES, age_cut_old: int = 60) -> nn.Module:
+    "A timm model with an 18-class output (or `n_classes`); weights from timm, from a local file, or random; heads see below."
+    kwargs = dict(num_classes=dict(single=n_classes, multitask=8, age=5 + len(AGES))[head])
     if weights_path: kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(resolve_path(weights_path))))
     else: kwargs.update(pretrained=pretrained)
     try: net = timm.create_model(model, **kwargs)
@@ -38,8 +61,8 @@ def create_model(model: str, head: str = "single", pretrained: bool = False, wei
             raise RuntimeError(f"could not load pretrained weights for {model} ({type(e).__name__}: {e}). On a machine "
                                f"without internet pass -p pretrained false, or -p weights_path /path/to/weights") from None
         raise
-    if head == "multitask":
-        net = nn.Sequential(net, FactorizedHead())
+    if head != "single":
+        net = nn.Sequential(net, FactorizedHead() if head == "multitask" else AgeDistributionHead(age_cut_old))
         net.pretrained_cfg = net[0].pretrained_cfg
     return net
 
@@ -60,7 +83,7 @@ def make_model(params, pretrained: bool | None = None, n_classes: int = N_CLASSE
     p = params if isinstance(params, dict) else vars(params)
     if p.get("init_model"): return load_model(p["init_model"])
     return create_model(p["model"], p.get("head", "single"), p.get("pretrained", False) if pretrained is None else pretrained,
-                        p.get("weights_path", "") if pretrained is not False else "", n_classes)
+                        p.get("weights_path", "") if pretrained is not False else "", n_classes, p.get("age_cut_old", 60))
 
 # %% ../nbs/01a_models.ipynb #ba099da1
 def input_norm(model: nn.Module) -> tuple:

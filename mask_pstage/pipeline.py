@@ -42,19 +42,39 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     return out_nb
 
 # %% auto #0
-__all__ = ['NBS', 'PipelineError', 'run_step', 'run_pipeline', 'write_summary', 'main']
+__all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_pipeline', 'write_summary', 'main']
+
+# %% ../nbs/07_pipeline.ipynb #09e68698
+PRESETS = dict(
+    cpu=dict(folds=3, train=dict(model="mobilenetv3_small_100", pretrained=False, img_size="128x96", crop="face", crop_margin=0.8,
+                                 epochs=8, optimizer="sgd", lr=0.03, scheduler="cosine", augment="base", head="single"),
+             ensemble=dict()),
+    gpu=dict(folds=5, train=dict(model="efficientnet_b0", pretrained=True, img_size="256x192", crop="face", epochs=10,
+                                 optimizer="adamw", lr=3e-4, weight_decay=0.01, scheduler="cosine", warmup_epochs=1,
+                                 loss="label_smoothing", augment="base", amp=True, ema=True, head="single"),
+             ensemble=dict(tta=True)),
+)
+
+def preset_params(preset: str, train: dict | None = None, ensemble: dict | None = None) -> tuple[int | None, dict, dict]:
+    "(folds, training parameters, ensemble parameters) of `preset` ('' for none) with the given parameters on top."
+    if preset and preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    base = PRESETS.get(preset, dict(folds=None, train={}, ensemble={}))
+    return base["folds"], {**base["train"], **(train or {})}, {**base["ensemble"], **(ensemble or {})}
 
 # %% ../nbs/07_pipeline.ipynb #34fcb6dc
-def run_pipeline(data_dir, run_dir, n_folds: int = 5, train: dict | None = None, ensemble: dict | None = None,
-                 skip_train: bool = False, force: bool = False, log=print) -> dict:
-    "EDA, K training folds, error analysis and ensemble into `run_dir`; returns the summary."
+def run_pipeline(data_dir, run_dir, n_folds: int | None = None, train: dict | None = None, ensemble: dict | None = None,
+                 skip_train: bool = False, force: bool = False, log=print, preset: str = "") -> dict:
+    "EDA, K training folds, error analysis and ensemble into `run_dir` (a `preset`'s recipe if named); returns the summary."
     data_dir, run, t0 = str(resolve_path(data_dir)), resolve_path(run_dir), time.time()
-    train = dict(train or {})
+    preset_folds, train, ensemble = preset_params(preset, train, ensemble)
+    n_folds = n_folds or preset_folds or 5
     p = make_params(train, data_dir=data_dir, n_folds=n_folds, fold=0)  # a bad value fails here, with the valid choices
     run.mkdir(parents=True, exist_ok=True)
     run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(run / "eda")), force, log)
     if p.crop == "face":  # detect faces once here, not once per fold
+        t = time.time()
         face_boxes(data_dir, p.face_detector, p.face_boxes or None, p.cache_dir, log=lambda m: log(f"[faces] {m}"))
+        _record_step(run, "faces", dict(data_dir=data_dir, detector=p.face_detector), time.time() - t, keep=True)
     for fold in range(n_folds):
         params = dict(train, data_dir=data_dir, n_folds=n_folds, fold=fold, out_dir=str(run / "train" / f"fold{fold}"), resume=True)
         if skip_train and Run(run / "train" / f"fold{fold}").finished:
@@ -64,11 +84,19 @@ def run_pipeline(data_dir, run_dir, n_folds: int = 5, train: dict | None = None,
     run_step(run, "04_error_analysis", "04_error_analysis.ipynb", dict(runs=runs, out_dir=str(run / "analysis")), force, log)
     ens = dict(dict(runs=runs, out_dir=str(run / "ensemble"), leaderboard_root=str(run)), **(ensemble or {}))
     run_step(run, "05_ensemble", "05_ensemble.ipynb", ens, force, log)
-    summary = write_summary(run, time.time() - t0)
+    recipe = dict(data_dir=data_dir, preset=preset, folds=n_folds, train=train, ensemble=ensemble)
+    summary = write_summary(run, time.time() - t0, recipe)
     log(f"pipeline finished in {time.time() - t0:.0f} s: {run / 'summary.md'}")
     return summary
 
-def write_summary(run: Path, seconds: float | None = None) -> dict:
+def _record_step(run: Path, name: str, params: dict, seconds: float, keep: bool = False):
+    "A marker for a step done outside a notebook (kept from its first run with `keep`, so a reuse does not hide its cost)."
+    marker = run / ".steps" / f"{name}.json"
+    if keep and marker.exists(): return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(marker) as tmp: tmp.write_text(json.dumps(dict(params=params, seconds=round(seconds, 1)), default=str))
+
+def write_summary(run: Path, seconds: float | None = None, recipe: dict | None = None) -> dict:
     "summary.md and summary.json: the fold table, out-of-fold and submission scores, and links to the key plots."
     import pandas as pd
     analysis = json.loads((run / "analysis" / "summary.json").read_text())
@@ -78,7 +106,14 @@ def write_summary(run: Path, seconds: float | None = None) -> dict:
     summary = dict(fold_macro_f1_mean=analysis["fold_macro_f1_mean"], fold_macro_f1_std=analysis["fold_macro_f1_std"],
                    oof_macro_f1=analysis.get("oof_macro_f1"), ensemble_oof_macro_f1=ensemble.get("oof_macro_f1"),
                    submission_score=ensemble.get("score"), noise_detection=analysis.get("noise_detection"),
-                   pipeline_seconds=round(seconds, 1) if seconds else None)
+                   pipeline_seconds=round(seconds, 1) if seconds else None, recipe=recipe,
+                   steps_seconds=round(sum(json.loads(m.read_text()).get("seconds", 0) for m in (run / ".steps").glob("*.json")), 1))
+    summary["cv_macro_f1"] = summary["ensemble_oof_macro_f1"] or summary["oof_macro_f1"]  # what the submission's recipe scored in CV
+    if ensemble.get("person_pooling", "none") != "none":
+        summary["person_pooling"] = dict(how=ensemble["person_pooling"], oof_macro_f1_unpooled=ensemble.get("oof_macro_f1_unpooled"),
+                                         oof_grouping=ensemble.get("oof_grouping"), eval_groups=ensemble.get("eval_groups"))
+    if summary["cv_macro_f1"] is not None and summary["submission_score"]:
+        summary["eval_minus_cv"] = round(summary["submission_score"]["all"] - summary["cv_macro_f1"], 4)
     fmt = lambda v: (f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}") if isinstance(v, float) else str(v)
     lines = [f"# Run {run.name}", "", "| fold run | model | size | macro F1 | mask | gender | age | seconds |",
              "|---|---|---|---|---|---|---|---|"]
@@ -88,8 +123,16 @@ def write_summary(run: Path, seconds: float | None = None) -> dict:
     if summary["oof_macro_f1"] is not None:
         lines.append(f"- full out-of-fold macro F1: {summary['oof_macro_f1']:.4f}; ensemble: {fmt(summary['ensemble_oof_macro_f1'])}")
     if summary["submission_score"]: lines.append("- submission (scorer): " + join(summary["submission_score"], lambda v: f"{v:.4f}"))
+    if "person_pooling" in summary and summary["person_pooling"]["oof_grouping"]:
+        pp, g = summary["person_pooling"], summary["person_pooling"]["oof_grouping"]
+        lines.append(f"- person pooling ({pp['how']}): out-of-fold macro F1 {fmt(pp['oof_macro_f1_unpooled'])} without, "
+                     f"{fmt(summary['ensemble_oof_macro_f1'])} with; grouping of validation images: purity {g['purity']}, ARI {g['ari']}")
+    if "eval_minus_cv" in summary:
+        lines.append(f"- CV estimate {summary['cv_macro_f1']:.4f}, eval score {summary['submission_score']['all']:.4f}: "
+                     f"eval - CV = {summary['eval_minus_cv']:+.4f}")
     if summary["noise_detection"]: lines.append("- label-noise suspects vs injected noise: " + join(summary["noise_detection"], fmt))
-    if seconds: lines.append(f"- wall time: {seconds:.0f} s")
+    if seconds:
+        lines.append(f"- wall time: {seconds:.0f} s (every step when it ran, face detection included: {summary['steps_seconds']:.0f} s)")
     lines += ["", "Plots: [EDA](eda/distributions.png), [ages](eda/ages.png), [confusion](analysis/confusion.png), "
               "[per class](analysis/per_class.png),", "[age errors](analysis/age_errors.png), [mistakes](analysis/mistakes.png); "
               "submission: [ensemble/submission.csv](ensemble/submission.csv)"]
@@ -110,13 +153,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mask_pstage.pipeline", description=main.__doc__)
     ap.add_argument("--data", required=True, help="dataset in the competition layout")
     ap.add_argument("--run", required=True, help="run folder, e.g. outputs/exp1")
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=None, help="person-level folds (default: the preset's, else 5)")
+    ap.add_argument("--preset", default="", help=f"a named recipe: {', '.join(PRESETS)} (--train/--ensemble override it)")
     ap.add_argument("--train", action="append", metavar="KEY=VALUE", help="a training parameter (repeatable), e.g. --train epochs=20")
     ap.add_argument("--ensemble", action="append", metavar="KEY=VALUE", help="an ensemble parameter (repeatable), e.g. --ensemble tta=true")
     ap.add_argument("--skip-train", action="store_true", help="use fold runs that exist, train none")
     ap.add_argument("--force", action="store_true", help="re-run finished steps")
     a = ap.parse_args(argv)
-    try: run_pipeline(a.data, a.run, a.folds, _kv(a.train), _kv(a.ensemble), a.skip_train, a.force)
+    try: run_pipeline(a.data, a.run, a.folds, _kv(a.train), _kv(a.ensemble), a.skip_train, a.force, preset=a.preset)
     except (PipelineError, FileNotFoundError, ValueError) as e: sys.exit(f"error: {e}")
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class Run:
     def oof(self): return self.predictions("oof")
     def test(self): return self.predictions("test")
     def train_predictions(self): return self.predictions("train")
+    def epoch_checkpoints(self) -> list[Path]: return sorted(self.path.glob("epoch*.pt"))
 
 # %% ../nbs/02a_runs.ipynb #3ef9effc
 @patch
@@ -111,9 +112,6 @@ def check_start(self: Run, params: dict, defaults: dict, may_change=()):
                               f"or another out_dir")
 
 # %% ../nbs/02a_runs.ipynb #dda804b9
-@patch
-def epoch_checkpoints(self: Run) -> list[Path]: return sorted(self.path.glob("epoch*.pt"))
-
 @patch
 def checkpoint(self: Run, which="last") -> dict:
     "The whole checkpoint 'best' or 'last' (weights, and for 'last' the optimizer, scheduler and counters)."

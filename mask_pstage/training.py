@@ -16,21 +16,21 @@ from .core import LABEL_FIX_NAMES, require_data_dir, resolve_path
 from .tasks import task_for, parse_ages
 from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, CROP_ASPECTS, FoldData, build_augment, CachedImages,
                                     collate_uint8, parse_size, prepare_data)
-from .models import make_model, input_norm, count_macs, predict, to_input
+from .models import make_model, input_norm, count_macs, predict, to_input, age_targets
 from .runs import Run
 
 # %% auto #0
 __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'LOSSES', 'RESUME_MAY_CHANGE',
            'TrainParams', 'parse_loss', 'make_params', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss',
            'symmetric_ce_loss', 'kd_loss', 'build_loss', 'seed_epoch', 'EpochSampler', 'strip_cutmix', 'Mixing',
-           'teacher_probabilities', 'Distillation', 'distillation', 'build_optimizer', 'build_scheduler',
-           'setup_device', 'Fit', 'setup', 'train_one_epoch', 'evaluate', 'end_epoch', 'finish', 'train',
-           'plot_history', 'main']
+           'teacher_probabilities', 'Distillation', 'distillation', 'AgeLoss', 'age_loss', 'build_optimizer',
+           'build_scheduler', 'setup_device', 'Fit', 'setup', 'train_one_epoch', 'evaluate', 'end_epoch', 'finish',
+           'train', 'plot_history', 'main']
 
 # %% ../nbs/03a_training.ipynb #63d183bb
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
 SCHEDULERS = ("none", "step", "cosine", "cyclic", "plateau", "onecycle")
-HEADS = ("single", "multitask")
+HEADS = ("single", "multitask", "age")
 SAMPLERS = ("none", "weighted")
 CLASS_WEIGHTS = ("none", "balanced")
 CROPS = ("none", "face")
@@ -48,7 +48,7 @@ class TrainParams:
     pretrained: bool = True                # timm's pretrained weights (downloads unless weights_path is set)
     weights_path: str = ""                 # local weights file for offline machines
     img_size: tuple = (128, 96)            # (height, width)
-    head: str = "single"                   # single 18-way | multitask (mask, gender, age heads)
+    head: str = "single"                   # single 18-way | multitask (mask, gender, age-band heads) | age (exact-age distribution)
     loss: str = "ce"                       # ce, focal, label_smoothing, f1, symmetric_ce or sums like "0.25*ce+f1"
     class_weights: str = "none"            # none | balanced (inverse class frequency)
     sampler: str = "none"                  # none | weighted (class-balanced sampling)
@@ -89,6 +89,9 @@ class TrainParams:
     kd_temperature: float = 4.0            # softens teacher and student distributions
     kd_alpha: float = 0.5                  # weight of the distillation term; the label loss gets 1 - kd_alpha
     predict_train: bool = True             # write train.csv: probabilities of the training images (targets for students)
+    age_sigma: float = 3.0                 # head=age: width in years of the Gaussian around the true age (the age target)
+    age_loss_weight: float = 1.0           # head=age: weight of the exact-age loss beside the 18-class loss
+    age_cut_old: int = 60                  # head=age: "old" band = P(age >= this), a decision rule (labels unchanged)
 
 # %% ../nbs/03a_training.ipynb #7e644a21
 def _to_bool(v, name):
@@ -159,6 +162,11 @@ def make_params(params=None, **overrides) -> TrainParams:
         if p.mixup or p.cutmix or p.strip_cutmix:
             raise ValueError("distillation (teacher_runs) cannot be combined with mixup, cutmix or strip_cutmix: "
                              "the teacher's targets belong to unmixed images")
+    if p.head == "age":
+        if p.mixup or p.cutmix or p.strip_cutmix:
+            raise ValueError("head='age' cannot be combined with mixup, cutmix or strip_cutmix: the exact age belongs to unmixed images")
+        if p.age_sigma <= 0: raise ValueError(f"age_sigma={p.age_sigma} must be > 0 (years)")
+        if not 31 <= p.age_cut_old <= 60: raise ValueError(f"age_cut_old={p.age_cut_old} must be in 31..60")
     task_for(p.data_dir).check(p)  # options the dataset kind does not have
     if not 0 <= p.crop_margin <= 2:
         raise ValueError(f"crop_margin={p.crop_margin} must be in 0..2 (a share of the face box size per side)")
@@ -297,6 +305,21 @@ def distillation(p, data: FoldData, main: bool) -> Distillation | None:
         if main: print(f"warning: the teachers trained on {len(seen)} of this fold's validation images; its validation F1 is optimistic")
     return Distillation(torch.as_tensor(teacher), p.kd_temperature, p.kd_alpha, record)
 
+# %% ../nbs/03a_training.ipynb #89008866
+@dataclass
+class AgeLoss:
+    "Exact-age targets per table row (distributions over `models.AGES`) and their weight in the loss."
+    targets: torch.Tensor
+    weight: float
+
+    def __call__(self, loss, model, rows, device):
+        age_logp = _unwrap(model)[-1].age_logp
+        return loss + self.weight * F.kl_div(age_logp, self.targets[rows].to(device), reduction="batchmean")
+
+def age_loss(p, data: FoldData) -> AgeLoss | None:
+    "The run's exact-age loss (head='age'), from the table's ages; None for other heads."
+    return AgeLoss(age_targets(data.table.age_train.to_numpy(), p.age_sigma), p.age_loss_weight) if p.head == "age" else None
+
 # %% ../nbs/03a_training.ipynb #dde31edd
 def build_optimizer(model, p: TrainParams):
     from timm.optim import create_optimizer_v2
@@ -358,6 +381,7 @@ class Fit:
     loss_fn: object
     targets: torch.Tensor               # training label of every table row
     teacher: Distillation | None
+    age: AgeLoss | None
     mixing: Mixing
     sampler: EpochSampler
     augment: object
@@ -467,6 +491,7 @@ def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
     sched, sched_kind = build_scheduler(opt, p, math.ceil(len(loader) / p.grad_accum))
     f = Fit(p, run, device, rank, world, data, model, net, ema, norm, cost, loss_fn,
             targets=torch.from_numpy(data.table.label_train.to_numpy().copy()), teacher=distillation(p, data, rank == 0),
+            age=age_loss(p, data),
             mixing=Mixing(p, len(data.classes)), sampler=sampler, augment=augment, loader=loader, opt=opt, sched=sched,
             sched_kind=sched_kind, scaler=torch.amp.GradScaler(device.type, enabled=p.amp and device.type == "cuda"), t_start=t_start)
     if p.resume and run.started: _resume(f)
@@ -487,6 +512,7 @@ def train_one_epoch(f: Fit, epoch: int) -> dict:
             logits = f.net(x).float()
         loss = f.loss_fn(logits, y)
         if f.teacher is not None: loss = f.teacher(loss, logits, rows, f.device)
+        if f.age is not None: loss = f.age(loss, f.model, rows, f.device)
         if not torch.isfinite(loss): raise FloatingPointError(f"loss {loss.item()} at epoch {epoch}, step {step}; lower lr or turn amp off")
         f.scaler.scale(loss / p.grad_accum).backward()
         if (step + 1) % p.grad_accum == 0 or step + 1 == len(f.loader): _update(f)

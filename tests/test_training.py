@@ -188,3 +188,20 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
     assert 0 <= validate(pruned, teacher)["macro_f1"] <= 1
     r = train_cli(*args(folder, tmp_path / "bad", cache, crop="face", **base))
     assert r.returncode != 0 and "class folders" in r.stderr
+
+
+def test_gpu_preset_trains_offline_from_a_local_weights_file(data, tmp_path):
+    """The gpu preset's recipe (pretrained weights, AMP, EMA, label smoothing, AdamW) runs from a local weights file:
+    an ImageNet-shaped state dict whose 1000-class classifier timm drops when it loads it into an 18-class model."""
+    import timm, torch
+    from mask_pstage.pipeline import preset_params
+    _, params, _ = preset_params("gpu")
+    assert params["pretrained"] is True
+    weights = tmp_path / "weights.pth"
+    torch.save(timm.create_model(params["model"], pretrained=False).state_dict(), weights)
+    run = tmp_path / "gpu"
+    r = train_cli(*args(data, run, tmp_path / "cache", **{**params, "weights_path": weights, "img_size": "64x48", "epochs": 1}))
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = json.loads((run / "params.json").read_text())["params"]
+    assert saved["weights_path"] == str(weights) and saved["model"] == params["model"] and saved["amp"] is True
+    assert 0 <= json.loads((run / "metrics.json").read_text())["macro_f1"] <= 1
