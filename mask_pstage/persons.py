@@ -84,7 +84,7 @@ def pair_ncc(gray, pairs, blur: float = 1.0, top=(0.0, 0.36), margin: int = 4, b
 
 def combine(feats: dict, weights: dict | None = None, pca: int = 64, seed: int = 0) -> np.ndarray:
     "Weighted concatenation of the descriptors, then PCA-whitening-free reduction to `pca` dims (L2-normalised)."
-    weights = weights or dict(up=1.0, full=0.5, hist=0.5, border=0.3)
+    weights = weights or dict(up=1.0, shirt=2.0, hist=0.3)
     X = np.concatenate([feats[k] * w for k, w in weights.items() if w], axis=1)
     X = X - X.mean(0)
     if pca and pca < min(X.shape):  # fewer dimensions than images and features
