@@ -181,6 +181,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'mask_pstage/preprocess.py')},
             'mask_pstage.reports': { 'mask_pstage.reports.attribute_accuracy': ( 'real_faces.html#attribute_accuracy',
                                                                                  'mask_pstage/reports.py'),
+                                     'mask_pstage.reports.bench_table': ('real_faces.html#bench_table', 'mask_pstage/reports.py'),
                                      'mask_pstage.reports.eval_persons': ('real_faces.html#eval_persons', 'mask_pstage/reports.py'),
                                      'mask_pstage.reports.grouping_table': ('real_faces.html#grouping_table', 'mask_pstage/reports.py'),
                                      'mask_pstage.reports.pipeline_table': ('real_faces.html#pipeline_table', 'mask_pstage/reports.py')},

@@ -11,7 +11,7 @@ from .core import decode_label, read_train, resolve_path, write_csv
 from .persons import group_persons, grouping_scores
 
 # %% auto #0
-__all__ = ['attribute_accuracy', 'pipeline_table', 'eval_persons', 'grouping_table']
+__all__ = ['attribute_accuracy', 'pipeline_table', 'bench_table', 'eval_persons', 'grouping_table']
 
 # %% ../nbs/08_real_faces.ipynb #cfd5bf44
 def attribute_accuracy(submission, truth) -> dict:
@@ -35,6 +35,13 @@ def pipeline_table(root) -> pd.DataFrame:
         if truth.exists() and (run / "ensemble" / "submission.csv").exists():
             row.update(attribute_accuracy(run / "ensemble" / "submission.csv", truth))
         rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/08_real_faces.ipynb #f613ad5a
+def bench_table(root) -> pd.DataFrame:
+    "Every baseline_vs_preset.json under `root` (bench/baseline_vs_preset.py), one row per recipe."
+    rows = [dict(data=f.parent.name, recipe=name, **values) for f in sorted(resolve_path(root).rglob("baseline_vs_preset.json"))
+            for name, values in json.loads(f.read_text()).items()]
     return pd.DataFrame(rows)
 
 # %% ../nbs/08_real_faces.ipynb #20862ce8
