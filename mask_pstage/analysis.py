@@ -10,9 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-from PIL import Image
 from .core import (AGE_BANDS, GENDERS, MASKS, N_CLASSES, PROB_COLUMNS, class_names, classification_metrics, decode_label,
-                              read_train, resolve_path, write_csv, atomic_path)
+                              read_train, resolve_path, write_csv, atomic_path, open_rgb, save_figure)
 from .runs import Run, find_runs
 
 # %% auto #0
@@ -86,7 +85,7 @@ def gallery(rows: pd.DataFrame, cols: int = 6, thumb=(96, 128)):
     names = class_names()
     for ax in axes.flat: ax.axis("off")
     for ax, r in zip(axes.flat, rows.itertuples()):
-        with Image.open(r.path) as im: ax.imshow(im.convert("RGB").resize(thumb))
+        ax.imshow(open_rgb(r.path).resize(thumb))
         ax.set_title(f"{r.person_id} {r.stem}\ntrue {names[r.label]}\npred {names[r.pred]} ({r.confidence:.2f})", fontsize=6.5)
     fig.tight_layout()
     return fig

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #67dc0ddc
 from __future__ import annotations
-import os, sys, re, contextlib, tempfile
+import os, sys, re, stat, contextlib, tempfile
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -12,11 +12,13 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORING_AGE_THRESHOLD', 'STEM_TO_MASK', 'IMAGE_STEMS',
-           'IMAGE_EXTS', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES', 'age_band', 'encode_label', 'decode_label',
-           'class_names', 'project_root', 'resolve_path', 'in_test', 'atomic_path', 'write_csv', 'Problem',
-           'LayoutError', 'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'validate_layout',
-           'format_report', 'validate_main', 'label_fix_table', 'apply_label_fixes', 'classification_metrics',
-           'assign_folds', 'imagefolder_root', 'read_imagefolder', 'imagefolder_metrics', 'assign_label_folds']
+           'IMAGE_EXTS', 'PARTIAL_SUFFIX', 'MIN_IMAGE_SIDE', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES', 'age_band',
+           'encode_label', 'decode_label', 'class_names', 'project_root', 'resolve_path', 'in_notebook', 'in_test',
+           'atomic_path', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError', 'require_data_dir',
+           'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_rgb', 'decode_images',
+           'validate_layout', 'format_report', 'validate_main', 'label_fix_table', 'apply_label_fixes',
+           'classification_metrics', 'assign_folds', 'imagefolder_root', 'read_imagefolder', 'imagefolder_metrics',
+           'assign_label_folds']
 
 # %% ../nbs/00_core.ipynb #2fde608a
 MASKS = ("wear", "incorrect", "not_wear")
@@ -65,22 +67,48 @@ def resolve_path(path) -> Path:
     if p.is_absolute() or p.exists(): return p.resolve()
     return (project_root() / p).resolve()
 
+def in_notebook() -> bool:
+    "True inside an IPython kernel, where a module's cells run as `__main__` and must not parse the kernel's command line."
+    import builtins
+    return hasattr(builtins, "get_ipython")
+
 def in_test() -> bool:
     "True under `nbdev-test` (it sets IN_TEST), where job notebooks shrink themselves."
     return bool(os.environ.get("IN_TEST"))
 
+PARTIAL_SUFFIX = ".tmp"  # atomic writes go to ".<name>.<random>.tmp" beside their target
+
+def _umask() -> int:
+    old = os.umask(0o022); os.umask(old)
+    return old
+
 @contextlib.contextmanager
 def atomic_path(path):
-    "Yield a temporary path beside `path`; on success it replaces `path` in one rename, on error it is removed."
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename (with the permissions of a normal
+    new file), on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: other users and tools must read run folders
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+
+def remove_partial(folder) -> list[Path]:
+    "Delete temporary files an atomic write left in `folder` when its process was killed; returns them."
+    found = sorted(Path(folder).glob(f".*{PARTIAL_SUFFIX}")) if Path(folder).is_dir() else []
+    for f in found: f.unlink(missing_ok=True)
+    return found
+
+def save_figure(fig, path, **kwargs) -> Path:
+    "`fig.savefig` atomically (the format from `path`'s extension; dpi 90 and a tight box unless given)."
+    path = Path(path)
+    kwargs = dict(dict(dpi=90, bbox_inches="tight"), **kwargs)
+    with atomic_path(path) as tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+    return path
 
 def write_csv(df: pd.DataFrame, path, **kwargs) -> Path:
     "Write `df` to `path` atomically (no index by default)."
@@ -110,6 +138,7 @@ class LayoutError(ValueError):
 def require_data_dir(data_dir) -> Path:
     "The resolved `data_dir`; a missing one raises an error that says how to get data."
     path = resolve_path(data_dir)
+    if path.is_file(): raise NotADirectoryError(f"data folder {path} is a file; give the folder that holds train/ and eval/")
     if not path.is_dir():
         raise FileNotFoundError(
             f"data folder {path} does not exist. Put the competition data there (train/ and eval/), or generate "
@@ -147,11 +176,28 @@ def _image_files(folder: Path, problems) -> dict[str, Path]:
             problems.append(Problem("error", str(path), f"second image for '{stem}' (also {found[stem].name})",
                                     "keep one file per stem and delete the other"))
             continue
-        if entry.stat().st_size == 0:
-            problems.append(Problem("error", str(path), "image file is empty (0 bytes)",
-                                    "restore it from the original archive or delete the person folder and its train.csv row"))
+        broken = _unusable_file(path)
+        if broken: problems.append(Problem("error", str(path), broken,
+                                           "restore it from the original archive or delete the person folder and its train.csv row"))
         found[stem] = path
     return found
+
+def _unusable_file(path: Path) -> str | None:
+    "Why an image path cannot be used as a file (dangling or looping link, a folder, empty, unreadable), else None."
+    try: st = os.stat(path)
+    except OSError as e:
+        link = " (a symbolic link that leads nowhere or in a loop)" if os.path.islink(path) else ""
+        return f"cannot be opened: {e.strerror or e}{link}"
+    if stat.S_ISDIR(st.st_mode): return "is a folder, not an image file"
+    if st.st_size == 0: return "image file is empty (0 bytes)"
+    if not os.access(path, os.R_OK): return "cannot be read: permission denied (chmod a+r the file)"
+    return None
+
+def _folder_name_problem(name: str) -> str | None:
+    "Why a train.csv `path` is not the name of one folder inside train/images, else None."
+    if name in ("", ".", "..") or "/" in name or "\\" in name or os.path.isabs(name):
+        return f"path {name!r} must be the name of one folder directly inside train/images (no '/', '..' or absolute paths)"
+    return None
 
 def scan_train(data_dir, age_threshold: int = SCORING_AGE_THRESHOLD) -> tuple[pd.DataFrame, list[Problem]]:
     "One row per training image, and every layout problem met on the way."
@@ -166,9 +212,12 @@ def scan_train(data_dir, age_threshold: int = SCORING_AGE_THRESHOLD) -> tuple[pd
         for v in df[col][df[col].duplicated()].unique():
             problems.append(Problem("error", f"{csv}", f"{what} {v!r} appears more than once",
                                     "keep one row per person (a second person with the same id gets a '-1' suffix)"))
-    rows, listed = [], set()
+    rows, listed, real = [], set(), {}
     for i, r in enumerate(df.itertuples(index=False), start=2):  # csv line numbers (header is line 1)
         where = f"{csv}:{i}"
+        bad_name = _folder_name_problem(r.path)
+        if bad_name:
+            problems.append(Problem("error", where, bad_name, "write the folder name only, e.g. 000001_female_Asian_45")); continue
         gender = r.gender.strip().lower()
         ok = True
         if gender not in GENDERS:
@@ -186,6 +235,10 @@ def scan_train(data_dir, age_threshold: int = SCORING_AGE_THRESHOLD) -> tuple[pd
             problems.append(Problem("error", str(folder), f"folder of person {r.id} listed in train.csv is missing",
                                     "restore the folder or remove its row from train.csv"))
             continue
+        same, other = real.setdefault(folder.resolve(), (r.id, folder))
+        if same != r.id:  # e.g. a symbolic link to another person's folder: the same images under two labels
+            problems.append(Problem("error", str(folder), f"is the same folder as {other} of person {same} (both lead to "
+                                    f"{folder.resolve()})", "give every person their own folder")); continue
         expected = f"{r.id}_{r.gender}_{r.race}_{r.age}"
         if r.path != expected:
             problems.append(Problem("warning", str(folder), f"folder name differs from the csv row (expected {expected!r})",
@@ -198,11 +251,12 @@ def scan_train(data_dir, age_threshold: int = SCORING_AGE_THRESHOLD) -> tuple[pd
         if not ok: continue
         for stem, path in files.items():
             rows.append((r.id, GENDERS.index(gender), r.race, age, stem, str(path)))
-    for entry in os.scandir(images):
+    for entry in sorted(os.scandir(images), key=lambda e: e.name):
         if entry.is_dir() and not entry.name.startswith(".") and entry.name not in listed:
             problems.append(Problem("warning", str(images / entry.name), "folder is not listed in train.csv (ignored)",
                                     "add a row for it to train.csv or remove the folder"))
     out = pd.DataFrame(rows, columns=["person_id", "gender", "race", "age", "stem", "path"])
+    out.attrs["ignored"] = _ignored(problems)
     out["mask"] = out.stem.map(STEM_TO_MASK).astype(int)
     out["age_band"] = age_band(out.age.to_numpy(), age_threshold) if len(out) else 0
     out["label"] = encode_label(out["mask"].to_numpy(), out.gender.to_numpy(), out.age_band.to_numpy()) if len(out) else 0
@@ -216,9 +270,12 @@ def scan_eval(data_dir) -> tuple[pd.DataFrame, list[Problem]]:
     csv, images = data_dir / "eval" / "info.csv", data_dir / "eval" / "images"
     df = _read_csv(csv, ("ImageID",), problems, "copy eval/info.csv from the competition data")
     if df is None: return pd.DataFrame(columns=["ImageID", "path"]), problems
+    if not len(df):
+        problems.append(Problem("error", str(csv), "lists no images (only a header): no submission could be made",
+                                "restore eval/info.csv from the competition data: one ImageID per eval image"))
     for v in df.ImageID[df.ImageID.duplicated()].unique():
         problems.append(Problem("error", str(csv), f"ImageID {v!r} appears more than once", "keep one row per image"))
-    present = {e.name: e.stat().st_size for e in os.scandir(images)} if images.is_dir() else {}
+    present = {e.name: e for e in os.scandir(images)} if images.is_dir() else {}
     if not images.is_dir():
         problems.append(Problem("error", str(images), "folder is missing", "copy eval/images from the competition data"))
     else:
@@ -226,15 +283,22 @@ def scan_eval(data_dir) -> tuple[pd.DataFrame, list[Problem]]:
             if name not in present:
                 problems.append(Problem("error", str(images / name), "eval image listed in info.csv is missing",
                                         "restore it from the competition data; a submission needs every row"))
-            elif present[name] == 0:
-                problems.append(Problem("error", str(images / name), "image file is empty (0 bytes)",
+            elif _unusable_file(images / name):
+                problems.append(Problem("error", str(images / name), _unusable_file(images / name),
                                         "restore it from the competition data"))
         for name in sorted(set(present) - set(df.ImageID)):
             if not name.startswith("."):
                 problems.append(Problem("warning", str(images / name), "file is not listed in info.csv (ignored)",
                                         "remove it or add it to info.csv"))
     out = pd.DataFrame({"ImageID": df.ImageID, "path": [str(images / n) for n in df.ImageID]})
+    out.attrs["ignored"] = _ignored(problems)
     return out, problems
+
+def _ignored(problems) -> dict:
+    "How many folders and files the reader skipped (listed one by one by the validator)."
+    skipped = [p for p in problems if p.what.endswith("(ignored)")]
+    folders = sum(p.what.startswith("folder") for p in skipped)
+    return dict(folders=folders, files=len(skipped) - folders)
 
 # %% ../nbs/00_core.ipynb #79f258c6
 def read_train(data_dir, age_threshold: int = SCORING_AGE_THRESHOLD, strict: bool = True) -> pd.DataFrame:
@@ -250,14 +314,56 @@ def read_eval(data_dir, strict: bool = True) -> pd.DataFrame:
     return df
 
 # %% ../nbs/00_core.ipynb #8cd7ef9d
-def _check_image(path: str) -> str | None:
+_EXIF_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270", 7: "TRANSVERSE",
+                   8: "ROTATE_90"}
+MIN_IMAGE_SIDE = 32  # smaller images are accepted with a warning: they are stretched to the model's input size
+
+def _orientation(im) -> int:
+    try: return int(im.getexif().get(0x0112, 1))
+    except Exception: return 1  # a damaged EXIF block: keep the pixels as stored
+
+def image_size(path) -> tuple[int, int]:
+    "(width, height) of an image file as shown upright (after its EXIF orientation), from its header alone."
     from PIL import Image
+    with Image.open(path) as im:
+        w, h = im.size
+        return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+
+def open_rgb(path, draft: tuple[int, int] | None = None):
+    """A PIL image as 8-bit RGB, upright: EXIF orientation applied, 16/32-bit grey scaled to 8 bits (not clipped), palette,
+    CMYK and alpha converted. `draft` (w, h) lets a JPEG decode at 1/2..1/8 scale while it stays at least that big."""
+    from PIL import Image
+    with Image.open(path) as im:
+        turn = _orientation(im)
+        if draft: im.draft("RGB", tuple(draft[::-1]) if turn in (5, 6, 7, 8) else tuple(draft))
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            a = np.asarray(im, dtype=np.float64)
+            top = 1.0 if im.mode == "F" and a.max(initial=0) <= 1 else 255.0 if a.max(initial=0) <= 255 else 65535.0
+            out = Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+        else: out = im.convert("RGB")
+    return out.transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[turn])) if turn in _EXIF_TRANSPOSE else out
+
+def _check_image(path: str) -> tuple[str | None, tuple[int, int] | None]:
+    "(why the file cannot be decoded or None, its upright size): every pixel is decoded, so a truncated file is found."
     try:
-        with Image.open(path) as im:
-            im.verify()
-        return None
+        im = open_rgb(path)
+        return None, im.size
     except Exception as e:
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {e}", None
+
+def decode_images(paths, threads: int | None = None) -> list[Problem]:
+    "Decode every image of `paths` fully (in threads: the decoders release the GIL); a problem for each unreadable or tiny one."
+    from concurrent.futures import ThreadPoolExecutor
+    problems = []
+    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+        for path, (err, size) in zip(paths, pool.map(_check_image, paths, chunksize=64)):
+            if err:
+                problems.append(Problem("error", path, f"cannot be decoded as an image ({err})",
+                                        "restore the file from the original data or remove it"))
+            elif min(size) < MIN_IMAGE_SIDE:
+                problems.append(Problem("warning", path, f"image is only {size[0]}x{size[1]} pixels: it will be stretched to the "
+                                        "model's input size", "check the file; replace it with the original photo"))
+    return problems
 
 def validate_layout(data_dir, check_images: bool = True) -> pd.DataFrame:
     "Every problem of the dataset at `data_dir` as a table (severity, path, what, fix); empty when all is well."
@@ -265,12 +371,9 @@ def validate_layout(data_dir, check_images: bool = True) -> pd.DataFrame:
     evals, eval_problems = scan_eval(data_dir)
     problems += eval_problems
     if check_images:
-        empty = {p.path for p in problems if "empty" in p.what}
-        paths = [p for p in list(train.get("path", [])) + list(evals.path) if p not in empty and os.path.exists(p)]
-        for path in paths:
-            err = _check_image(path)
-            if err: problems.append(Problem("error", path, f"cannot be read as an image ({err})",
-                                            "restore the file from the original data or remove it"))
+        broken = {p.path for p in problems if p.severity == "error"}
+        paths = [p for p in list(train.get("path", [])) + list(evals.path) if p not in broken and os.path.exists(p)]
+        problems += decode_images(paths)
     return pd.DataFrame([asdict(p) for p in problems], columns=["severity", "path", "what", "fix"])
 
 def format_report(problems: pd.DataFrame, data_dir="") -> str:
@@ -286,11 +389,11 @@ def validate_main(argv=None) -> int:
     import argparse
     ap = argparse.ArgumentParser(prog="mask-pstage-validate", description="Check a dataset in the competition layout.")
     ap.add_argument("data_dir")
-    ap.add_argument("--no-images", action="store_true", help="skip opening every image (faster)")
+    ap.add_argument("--no-images", action="store_true", help="skip decoding every image (faster)")
     args = ap.parse_args(argv)
     try: problems = validate_layout(args.data_dir, check_images=not args.no_images)
-    except FileNotFoundError as e:
-        print(e, file=sys.stderr); return 1
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr); return 1
     print(format_report(problems, resolve_path(args.data_dir)))
     return int((problems.severity == "error").any())
 

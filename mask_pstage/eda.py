@@ -12,11 +12,10 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from PIL import Image
 from .core import (AGE_BANDS, GENDERS, MASKS, LABEL_FIX_NAMES, atomic_path, class_names, label_fix_table,
-                              read_eval, read_train, resolve_path, validate_layout)
+                              read_eval, read_train, resolve_path, validate_layout, open_rgb, save_figure)
 
 # %% auto #0
-__all__ = ['person_table', 'image_info', 'pixel_stats', 'save_fig', 'plot_distributions', 'plot_age_hist', 'sample_grid',
-           'run_eda']
+__all__ = ['person_table', 'image_info', 'pixel_stats', 'plot_distributions', 'plot_age_hist', 'sample_grid', 'run_eda']
 
 # %% ../nbs/01_eda.ipynb #2aace1b4
 def person_table(train: pd.DataFrame) -> pd.DataFrame:
@@ -38,14 +37,10 @@ def pixel_stats(paths, n: int = 400, seed: int = 0) -> dict:
     if n and n < len(paths): paths = list(np.random.default_rng(seed).choice(paths, n, replace=False))
     s = np.zeros(3); s2 = np.zeros(3); count = 0
     for p in paths:
-        with Image.open(p) as im: a = np.asarray(im.convert("RGB"), np.float64) / 255
+        a = np.asarray(open_rgb(p), np.float64) / 255
         s += a.sum((0, 1)); s2 += (a ** 2).sum((0, 1)); count += a.shape[0] * a.shape[1]
     mean = s / count
     return dict(mean=mean.round(4).tolist(), std=np.sqrt(s2 / count - mean ** 2).round(4).tolist(), n_images=len(paths))
-
-def save_fig(fig, path):
-    "Save a figure atomically as PNG."
-    with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
 
 # %% ../nbs/01_eda.ipynb #c00ed2d1
 def plot_distributions(train: pd.DataFrame, persons: pd.DataFrame):
@@ -82,7 +77,7 @@ def sample_grid(train: pd.DataFrame, seed: int = 0, thumb=(96, 128)):
         rows = train.index[train.label == label]
         ax.axis("off"); ax.set_title(class_names()[label].replace("/", "\n", 1), fontsize=8)
         if len(rows):
-            with Image.open(train.path[rng.choice(rows)]) as im: ax.imshow(im.convert("RGB").resize(thumb))
+            ax.imshow(open_rgb(train.path[rng.choice(rows)]).resize(thumb))
     fig.tight_layout()
     return fig
 

@@ -23,9 +23,12 @@ __all__ = ['METHODS', 'repredict', 'model_predictions', 'combine', 'leaderboard'
 # %% ../nbs/05_ensemble.ipynb #a8fd32dc
 def repredict(run: Run, tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     "(oof, test) probabilities of `run` recomputed from its best checkpoint or its last epochs' mean weights, with optional flip TTA."
+    if not run.params.get("predict_eval", True):
+        raise ValueError(f"run {run} was trained with predict_eval false: it has no eval predictions to recompute with tta or "
+                         f"average_last; retrain it with predict_eval true, or leave it out of runs")
     data = run.fold_data()
     if data.eval is None or data.eval_images is None:
-        raise ValueError(f"run {run} has no eval images to predict (trained with predict_eval false, or its data has no eval/)")
+        raise ValueError(f"run {run} has no eval images to predict (its data folder {run.params['data_dir']} has no eval/)")
     model = run.model(average_last or "best")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, mean, std = model.to(device), *input_norm(model)
@@ -43,12 +46,15 @@ def repredict(run: Run, tta: bool = False, average_last: int = 0) -> tuple[pd.Da
 
 def model_predictions(runs: list[Run], tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     "A model's (out-of-fold, fold-averaged test) probabilities from its fold runs."
-    oofs, tests = [], []
+    oofs, tests, tests_of = [], [], []
     for r in runs:
         oof, test = repredict(r, tta, average_last) if tta or average_last else (r.oof(), r.test())
         if oof is not None: oofs.append(oof.assign(run=str(r)))
         if test is not None: tests.append(test.set_index("ImageID")[PROB_COLUMNS])
-    if not tests: raise FileNotFoundError(f"no eval predictions in {[str(r) for r in runs]}: train with predict_eval true")
+        tests_of.append(test)
+    lacking = [str(r) for r, t in zip(runs, tests_of) if t is None]
+    if lacking: raise FileNotFoundError(f"no eval predictions (test.csv) in {lacking}: train them with predict_eval true, "
+                                        f"or leave them out of runs")
     order = tests[0].index
     test = sum(t.loc[order] for t in tests) / len(tests)
     oof = pd.concat(oofs, ignore_index=True).sort_values("path", ignore_index=True) if oofs else None

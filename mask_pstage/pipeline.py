@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, sys, json, time, argparse, hashlib
 from pathlib import Path
-from .core import project_root, resolve_path, atomic_path
+from .core import LayoutError, Problem, in_notebook, project_root, resolve_path, atomic_path, validate_layout
 from .training import make_params
 from .preprocess import face_boxes
 from .runs import Run
@@ -32,7 +32,8 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     try:
         pm.execute_notebook(str(NBS / notebook), str(out_nb), parameters=params, cwd=str(NBS.parent), progress_bar=False)
     except pm.PapermillExecutionError as e:
-        raise PipelineError(f"step '{name}' failed ({e.ename}: {e.evalue}); the traceback is in {out_nb}") from None
+        what = f"{e.ename}: {e.evalue}" if str(e.evalue).strip() else f"{e.ename}, without a message"
+        raise PipelineError(f"step '{name}' failed ({what}); the traceback is in {out_nb}") from None
     finally:
         if in_test is not None: os.environ["IN_TEST"] = in_test
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,7 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     return out_nb
 
 # %% auto #0
-__all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_pipeline', 'write_summary', 'main']
+__all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_pipeline', 'check_data', 'write_summary', 'main']
 
 # %% ../nbs/07_pipeline.ipynb #09e68698
 PRESETS = dict(
@@ -69,6 +70,7 @@ def run_pipeline(data_dir, run_dir, n_folds: int | None = None, train: dict | No
     preset_folds, train, ensemble = preset_params(preset, train, ensemble)
     n_folds = n_folds or preset_folds or 5
     p = make_params(train, data_dir=data_dir, n_folds=n_folds, fold=0)  # a bad value fails here, with the valid choices
+    check_data(data_dir, run, log)
     run.mkdir(parents=True, exist_ok=True)
     run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(run / "eda")), force, log)
     if p.crop == "face":  # detect faces once here, not once per fold
@@ -88,6 +90,17 @@ def run_pipeline(data_dir, run_dir, n_folds: int | None = None, train: dict | No
     summary = write_summary(run, time.time() - t0, recipe)
     log(f"pipeline finished in {time.time() - t0:.0f} s: {run / 'summary.md'}")
     return summary
+
+def check_data(data_dir, run: Path, log=print):
+    """Validate the data folder before any step (every image decoded the first time, the layout alone when `run` has checked
+    it before); any error stops the pipeline with the full list, naming each file."""
+    t, decode = time.time(), not (run / ".steps" / "check.json").exists()
+    problems = validate_layout(data_dir, check_images=decode)
+    errors = problems[problems.severity == "error"]
+    if len(errors): raise LayoutError([Problem(**r) for r in errors.to_dict("records")], f"{data_dir}: ")
+    log(f"[check] {data_dir}: layout valid{', every image decodes' if decode else '; images decoded before, reused'}"
+        + (f"; {len(problems)} warning(s), see mask-pstage-validate {data_dir}" if len(problems) else ""))
+    if decode: _record_step(run, "check", dict(data_dir=data_dir), time.time() - t, keep=True)
 
 def _record_step(run: Path, name: str, params: dict, seconds: float, keep: bool = False):
     "A marker for a step done outside a notebook (kept from its first run with `keep`, so a reuse does not hide its cost)."
@@ -163,6 +176,4 @@ def main(argv=None):
     try: run_pipeline(a.data, a.run, a.folds, _kv(a.train), _kv(a.ensemble), a.skip_train, a.force, preset=a.preset)
     except (PipelineError, FileNotFoundError, ValueError) as e: sys.exit(f"error: {e}")
 
-if __name__ == "__main__":
-    try: get_ipython  # in a notebook this module's cells run as __main__: don't parse the kernel's argv
-    except NameError: main()
+if __name__ == "__main__" and not in_notebook(): main()  # in a notebook this cell runs as __main__ too

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 import albumentations as A
-from dataclasses import dataclass
-from .core import atomic_path, resolve_path, write_csv, read_train, read_eval, in_test, MASKS
+from dataclasses import dataclass, field
+from .core import atomic_path, resolve_path, write_csv, read_train, read_eval, in_test, in_notebook, open_rgb, image_size, MASKS
 from .tasks import task_for, parse_ages
 
 # %% auto #0
@@ -44,13 +44,10 @@ def create_face_detector(name: str = "mtcnn", **kwargs):
 def detect_image(path, detect, detect_size: int = 256) -> dict:
     "The largest face of one image, detected at `detect_size` pixels on the long side, in full-size pixels."
     try:
-        with Image.open(path) as im:
-            W, H = im.size
-            scale = min(1.0, detect_size / max(W, H))
-            if scale < 1:
-                im.draft("RGB", (math.ceil(W * scale), math.ceil(H * scale)))  # JPEG: decode at reduced scale
-                im = im.convert("RGB").resize((round(W * scale), round(H * scale)), Image.BILINEAR)
-            img = np.asarray(im.convert("RGB"))
+        W, H = image_size(path)  # upright, as are the boxes
+        scale = min(1.0, detect_size / max(W, H))
+        im = open_rgb(path, draft=(math.ceil(W * scale), math.ceil(H * scale)) if scale < 1 else None)  # JPEG: reduced scale
+        img = np.asarray(im.resize((round(W * scale), round(H * scale)), Image.BILINEAR) if scale < 1 else im)
     except Exception as e:
         raise OSError(f"cannot read image {path} ({type(e).__name__}: {e}); restore the file or check the dataset "
                       f"with mask-pstage-validate") from None
@@ -207,13 +204,12 @@ def load_image(path, size, box=None) -> np.ndarray:
     "One image as RGB uint8 (H, W, 3) at `size` = (H, W), cropped to `box` (x0, y0, x1, y1) if given; errors name the file."
     h, w = size
     try:
-        with Image.open(path) as im:
-            W, H = im.size
-            x0, y0, x1, y1 = box if box is not None else (0, 0, W, H)
-            # JPEG: decode at 1/2, 1/4 or 1/8 scale when the crop still covers the size
-            im.draft("RGB", (math.ceil(w * W / (x1 - x0)), math.ceil(h * H / (y1 - y0))))
-            sx, sy = im.size[0] / W, im.size[1] / H
-            return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), reducing_gap=2.0))
+        W, H = image_size(path)  # upright (EXIF orientation applied), as are the face boxes
+        x0, y0, x1, y1 = box if box is not None else (0, 0, W, H)
+        # JPEG: decode at 1/2, 1/4 or 1/8 scale when the crop still covers the size
+        im = open_rgb(path, draft=(math.ceil(w * W / (x1 - x0)), math.ceil(h * H / (y1 - y0))))
+        sx, sy = im.size[0] / W, im.size[1] / H
+        return np.asarray(im.resize((w, h), Image.BILINEAR, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), reducing_gap=2.0))
     except Exception as e:
         raise OSError(f"cannot read image {path} ({type(e).__name__}: {e}); restore the file or check the dataset "
                       f"with mask-pstage-validate") from None
@@ -306,6 +302,7 @@ class FoldData:
     crop: dict
     images: np.ndarray | None = None        # uint8 cache, one row per row of `table`
     eval_images: np.ndarray | None = None   # uint8 cache, one row per row of `eval`
+    ignored: dict = field(default_factory=dict)  # folders and files the reader skipped
 
     @property
     def classes(self) -> list[str]: return self.task.classes
@@ -336,7 +333,7 @@ def prepare_data(p, cache: bool = True) -> FoldData:
     train_rows, val_rows = d.fold_rows(p.fold)
     dropped = parse_ages(getattr(p, "drop_boundary_ages", ""))
     if dropped: train_rows = train_rows[~np.isin(d.table.age_train.to_numpy()[train_rows], dropped)]
-    out = FoldData(d.task, d.table, train_rows, val_rows, d.eval, d.label_fix, dict(name=p.crop))
+    out = FoldData(d.task, d.table, train_rows, val_rows, d.eval, d.label_fix, dict(name=p.crop), ignored=d.ignored)
     if cache:
         lists = [d.table.path] + ([d.eval.path] if d.eval is not None else [])
         crops = face_crops(p, d.all_paths, lists, out.crop) if p.crop == "face" else [None] * len(lists)
@@ -364,6 +361,4 @@ def faces_main(argv=None):
     print(f"{(boxes.source == 'fallback').sum()} of {len(boxes)} images use the fallback box {boxes.attrs['fallback_box']} "
           f"({boxes.attrs['fallback_from']}); boxes in {boxes.attrs['file']}")
 
-if __name__ == "__main__":
-    try: get_ipython  # in a notebook this module's cells run as __main__: don't parse the kernel's argv
-    except NameError: faces_main()
+if __name__ == "__main__" and not in_notebook(): faces_main()  # in a notebook this cell runs as __main__ too

@@ -8,29 +8,53 @@ import argparse, hashlib, json, sys
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import N_CLASSES, PROB_COLUMNS, read_eval, atomic_path
+from .core import N_CLASSES, PROB_COLUMNS, read_eval, atomic_path, in_notebook
 
 # %% auto #0
-__all__ = ['read_submission', 'write_submission', 'public_private', 'score', 'main']
+__all__ = ['read_truth', 'read_submission', 'write_submission', 'public_private', 'score', 'main']
 
 # %% ../nbs/00a_submission.ipynb #b783dbe6
+def _read_csv(path, what: str) -> pd.DataFrame:
+    "A submission or truth file as text columns; a missing, empty or unparseable file is a ValueError naming it."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try: return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError: raise ValueError(f"{path}: the {what} is empty; it must start with the header ImageID,ans") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"{path}: the {what} cannot be read as CSV ({type(e).__name__}: {str(e).strip()})") from None
+
+def _classes(df: pd.DataFrame, path, what: str) -> pd.Series:
+    "The `ans` column as ints; anything but a whole number 0..17 is an error naming the rows."
+    ans = pd.to_numeric(df.ans.str.strip(), errors="coerce")
+    bad = df.ImageID[ans.isna() | (ans % 1 != 0) | (ans < 0) | (ans > N_CLASSES - 1)]
+    if len(bad):
+        raise ValueError(f"{path}: ans must be a class 0..{N_CLASSES - 1} in every row of the {what}; wrong for {len(bad)} row(s), "
+                         f"e.g. {bad.tolist()[:3]} (values {df.ans[bad.index].tolist()[:3]})")
+    return ans.astype(int)
+
+def read_truth(path) -> pd.DataFrame:
+    "A truth file (ImageID, ans[, Usage]) with clear errors for anything off."
+    truth = _read_csv(path, "truth file")
+    if not {"ImageID", "ans"} <= set(truth.columns):
+        raise ValueError(f"{path}: a truth file needs the columns ImageID and ans (found {','.join(truth.columns) or 'none'})")
+    if not len(truth): raise ValueError(f"{path}: the truth file has no rows")
+    dup = truth.ImageID[truth.ImageID.duplicated()].tolist()
+    if dup: raise ValueError(f"{path}: {len(dup)} ImageID(s) appear more than once in the truth file, e.g. {dup[:3]}")
+    return truth.assign(ans=_classes(truth, path, "truth file"))
+
 def read_submission(path, truth: pd.DataFrame) -> pd.DataFrame:
     "The submission at `path`, checked against the truth's (or info.csv's) ImageIDs; clear errors for anything off."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"submission {path} does not exist")
-    sub = pd.read_csv(path, dtype={"ImageID": str})
+    sub = _read_csv(path, "submission")
     if list(sub.columns[:2]) != ["ImageID", "ans"]:
-        raise ValueError(f"{path}: the header must be ImageID,ans (found {','.join(sub.columns)})")
+        raise ValueError(f"{path}: the header must be ImageID,ans (found {','.join(sub.columns) or 'nothing'})")
     dup = sub.ImageID[sub.ImageID.duplicated()].tolist()
     missing = sorted(set(truth.ImageID) - set(sub.ImageID))
     extra = sorted(set(sub.ImageID) - set(truth.ImageID))
     if dup or missing or extra:
         raise ValueError(f"{path}: {len(missing)} eval image(s) missing (e.g. {missing[:3]}), {len(extra)} unknown "
                          f"(e.g. {extra[:3]}), {len(dup)} duplicated (e.g. {dup[:3]}); write one row per row of eval/info.csv")
-    ans = pd.to_numeric(sub.ans, errors="coerce")
-    bad = sub.ImageID[ans.isna() | (ans % 1 != 0) | (ans < 0) | (ans > N_CLASSES - 1)].tolist()
-    if bad: raise ValueError(f"{path}: ans must be a class 0..17, wrong for {len(bad)} row(s), e.g. {bad[:3]}")
-    return sub.assign(ans=ans.astype(int))
+    return sub.assign(ans=_classes(sub, path, "submission"))
 
 def write_submission(test: pd.DataFrame, data_dir, path) -> pd.DataFrame:
     "submission.csv (ImageID, ans) in info.csv order from test probabilities; validated, written atomically."
@@ -52,7 +76,7 @@ def public_private(image_ids) -> np.ndarray:
 def score(submission_csv, truth_csv) -> dict:
     "Macro F1 of a submission on the public half, the private half and all eval images."
     from sklearn.metrics import f1_score
-    truth = pd.read_csv(truth_csv, dtype={"ImageID": str})
+    truth = read_truth(truth_csv)
     sub = read_submission(submission_csv, truth).set_index("ImageID").ans
     usage = truth.Usage.to_numpy() if "Usage" in truth else public_private(truth.ImageID)
     pred = sub.reindex(truth.ImageID).to_numpy()
@@ -69,8 +93,6 @@ def main(argv=None):
     ap.add_argument("--truth", required=True, help="truth csv, e.g. data/synthetic/eval_truth.csv")
     a = ap.parse_args(argv)
     try: print(json.dumps(score(a.submission, a.truth), indent=1))
-    except (FileNotFoundError, ValueError) as e: sys.exit(f"error: {e}")
+    except (OSError, ValueError) as e: sys.exit(f"error: {e}")
 
-if __name__ == "__main__":
-    try: get_ipython  # in a notebook this module's cells run as __main__: don't parse the kernel's argv
-    except NameError: main()
+if __name__ == "__main__" and not in_notebook(): main()  # in a notebook this cell runs as __main__ too

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 from .core import (GENDERS, IMAGE_STEMS, STEM_TO_MASK, age_band, encode_label, label_fix_table,
-                              resolve_path, write_csv)
+                              in_notebook, resolve_path, write_csv)
 from .submission import public_private, score
 
 # %% auto #0
@@ -351,7 +351,7 @@ def main(argv=None):
         truth = args.truth or (args.out and Path(args.out) / "eval_truth.csv")
         if not truth: ap.error("--score needs --truth or --out")
         try: print(json.dumps(score(args.score, truth), indent=1))
-        except (FileNotFoundError, ValueError) as e: sys.exit(f"error: {e}")
+        except (OSError, ValueError) as e: sys.exit(f"error: {e}")
         return
     if not args.out: ap.error("--out is required to generate")
     try:
@@ -360,6 +360,4 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     print(f"wrote {out}: {(out / 'synth.json').read_text()}")
 
-if __name__ == "__main__":
-    try: get_ipython  # in a notebook this module's cells run as __main__: don't parse the kernel's argv
-    except NameError: main()
+if __name__ == "__main__" and not in_notebook(): main()  # in a notebook this cell runs as __main__ too

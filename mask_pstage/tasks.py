@@ -33,6 +33,7 @@ class TaskData:
     eval: pd.DataFrame | None = None
     label_fix: dict = field(default_factory=lambda: dict(name="none"))
     all_paths: list = field(default_factory=list)  # every image of the folder (before max_images), e.g. to detect faces once
+    ignored: dict = field(default_factory=dict)    # folders and files of the data folder the reader skipped (the validator lists them)
 
     def fold_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         "(train rows, validation rows) for `fold`; fold -1 trains on every row."
@@ -52,16 +53,18 @@ class CompetitionTask:
 
     def read(self, p) -> TaskData:
         table = read_train(self.data_dir, age_threshold=SCORING_AGE_THRESHOLD)
+        ignored = {f"train_{k}": v for k, v in table.attrs.get("ignored", {}).items()}
         fixed = apply_label_fixes(table, p.label_fix, age_threshold=p.age_threshold_train)
         table["label_train"], table["age_train"] = fixed.label.to_numpy(), fixed.age.to_numpy()
         evals = read_eval(self.data_dir) if p.predict_eval or (self.data_dir / "eval" / "info.csv").exists() else None
+        if evals is not None: ignored["eval_files"] = evals.attrs.get("ignored", {}).get("files", 0)
         all_paths = list(table.path) + (list(evals.path) if evals is not None else [])
         if p.max_images and p.max_images < len(table):
             persons = table.person_id.unique()
-            keep = np.random.default_rng(p.seed).permutation(persons)[: max(p.n_folds, math.ceil(p.max_images / 7))]
+            keep = np.random.default_rng(_fold_seed(p)).permutation(persons)[: max(p.n_folds, math.ceil(p.max_images / 7))]
             table = table[table.person_id.isin(keep)].reset_index(drop=True)
-        return TaskData(self, assign_folds(table, p.n_folds, p.seed), evals if p.predict_eval else None, fixed.attrs["label_fix"],
-                        all_paths)
+        return TaskData(self, assign_folds(table, p.n_folds, _fold_seed(p)), evals if p.predict_eval else None, fixed.attrs["label_fix"],
+                        all_paths, ignored)
 
     def metrics(self, y_true, probs) -> dict:
         "Macro F1 and accuracy over the 18 classes, F1 per attribute (mask, gender, age) and per class."
@@ -88,13 +91,17 @@ class FolderTask(CompetitionTask):
         table = read_imagefolder(self.data_dir)
         all_paths = list(table.path)
         if p.max_images and p.max_images < len(table):
-            table = (table.groupby("label", group_keys=False).sample(frac=p.max_images / len(table), random_state=p.seed)
+            table = (table.groupby("label", group_keys=False).sample(frac=p.max_images / len(table), random_state=_fold_seed(p))
                      .sort_index().reset_index(drop=True))
-        return TaskData(self, assign_label_folds(table, p.n_folds, p.seed).assign(label_train=table.label), all_paths=all_paths)
+        return TaskData(self, assign_label_folds(table, p.n_folds, _fold_seed(p)).assign(label_train=table.label), all_paths=all_paths)
 
     def metrics(self, y_true, probs) -> dict:
         "Macro F1, accuracy and F1 per class over the folder's classes."
         return imagefolder_metrics(y_true, probs, len(self.classes))
+
+def _fold_seed(p) -> int:
+    "The seed of the fold split (runs saved before `fold_seed` existed split with `seed`)."
+    return getattr(p, "fold_seed", p.seed)
 
 def task_for(data_dir) -> CompetitionTask:
     "The task of a data folder: the competition layout, else class folders (a missing folder fails with what to do)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_training.ipynb #f51e53e9
 from __future__ import annotations
-import os, re, sys, json, math, time, random, argparse, platform
+import os, re, sys, json, math, time, random, shutil, argparse, platform
 from dataclasses import dataclass, field, fields, asdict
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-from .core import LABEL_FIX_NAMES, require_data_dir, resolve_path
+from .core import LABEL_FIX_NAMES, in_notebook, remove_partial, require_data_dir, resolve_path
 from .tasks import task_for, parse_ages
 from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, CROP_ASPECTS, FoldData, build_augment, CachedImages,
                                     collate_uint8, parse_size, prepare_data)
@@ -21,11 +21,11 @@ from .runs import Run
 
 # %% auto #0
 __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'LOSSES', 'RESUME_MAY_CHANGE',
-           'TrainParams', 'parse_loss', 'make_params', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss',
-           'symmetric_ce_loss', 'kd_loss', 'build_loss', 'seed_epoch', 'EpochSampler', 'strip_cutmix', 'Mixing',
-           'teacher_probabilities', 'Distillation', 'distillation', 'AgeLoss', 'age_loss', 'build_optimizer',
-           'build_scheduler', 'setup_device', 'Fit', 'setup', 'train_one_epoch', 'evaluate', 'end_epoch', 'finish',
-           'train', 'plot_history', 'main']
+           'LENGTH_SCHEDULERS', 'TrainParams', 'parse_loss', 'make_params', 'ce_loss', 'label_smoothing_loss',
+           'focal_loss', 'f1_loss', 'symmetric_ce_loss', 'kd_loss', 'build_loss', 'seed_epoch', 'EpochSampler',
+           'strip_cutmix', 'Mixing', 'teacher_probabilities', 'Distillation', 'distillation', 'AgeLoss', 'age_loss',
+           'build_optimizer', 'build_scheduler', 'setup_device', 'Fit', 'setup', 'train_one_epoch', 'evaluate',
+           'end_epoch', 'finish', 'train', 'plot_history', 'main']
 
 # %% ../nbs/03a_training.ipynb #63d183bb
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
@@ -42,7 +42,8 @@ class TrainParams:
     out_dir: str = ""                      # default: outputs/train/{model}_fold{fold}
     fold: int = 0                          # 0..n_folds-1; -1 trains on all persons (no validation)
     n_folds: int = 5
-    seed: int = 42
+    seed: int = 42                         # training noise: initial weights, batch order, augmentation
+    fold_seed: int = 42                    # the person-level fold split (and the max_images subset): keep it to compare runs
     label_fix: str = "none"                # none | common | extended | winner (training labels only)
     model: str = "mobilenetv3_small_100"   # any timm model name
     pretrained: bool = True                # timm's pretrained weights (downloads unless weights_path is set)
@@ -146,6 +147,9 @@ def make_params(params=None, **overrides) -> TrainParams:
         raise ValueError(f"fold={p.fold} must be in -1..{p.n_folds - 1} (n_folds={p.n_folds}); -1 trains on all persons")
     for name in ("epochs", "batch_size", "grad_accum", "n_folds"):
         if getattr(p, name) < 1: raise ValueError(f"{name}={getattr(p, name)} must be >= 1")
+    for name, what in (("threads", "0 = torch's default"), ("num_workers", "0 = load in the main process"), ("max_images", "0 = all"),
+                       ("save_last_k", "0 = none"), ("warmup_epochs", "0 = none")):
+        if getattr(p, name) < 0: raise ValueError(f"{name}={getattr(p, name)} must be >= 0 ({what})")
     for name in ("mixup", "cutmix", "strip_cutmix"):
         if not 0 <= getattr(p, name) <= 1: raise ValueError(f"{name}={getattr(p, name)} is a probability, 0..1")
     if p.mixup + p.cutmix > 1: raise ValueError(f"mixup + cutmix = {p.mixup + p.cutmix} must be <= 1")
@@ -171,7 +175,18 @@ def make_params(params=None, **overrides) -> TrainParams:
     if not 0 <= p.crop_margin <= 2:
         raise ValueError(f"crop_margin={p.crop_margin} must be in 0..2 (a share of the face box size per side)")
     if not p.out_dir: p.out_dir = f"outputs/train/{p.model}_fold{p.fold}"
+    for name in ("out_dir", "cache_dir"): _check_writable(name, getattr(p, name))
     return p
+
+def _check_writable(name: str, path):
+    "Refuse a folder parameter that is a file or lies where this user cannot write, before any data is read."
+    path = resolve_path(path)
+    if path.exists() and not path.is_dir(): raise ValueError(f"{name}={str(path)!r} is a file, not a folder; choose a folder")
+    there = next(d for d in (path, *path.parents) if d.exists())
+    if not there.is_dir():
+        raise ValueError(f"{name}={str(path)!r} cannot be made: {there} is a file, not a folder; choose another folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}={str(path)!r} cannot be written ({there} is read-only for this user); choose a writable folder")
 
 # %% ../nbs/03a_training.ipynb #0b4d86a6
 def _probs_target(t, n: int):
@@ -472,17 +487,36 @@ def _record_start(f: Fit):
     d, p = f.data, f.p
     f.run.write_params(dict(params=asdict(p), label_fix=d.label_fix, crop=d.crop, distillation=f.teacher.record if f.teacher else None,
                             classes=d.classes, world_size=f.world, device=str(f.device), n_train_images=len(d.train_rows),
-                            n_val_images=len(d.val_rows), n_persons=int(d.table.person_id.nunique()),
+                            n_val_images=len(d.val_rows), n_persons=int(d.table.person_id.nunique()), ignored=d.ignored,
                             versions=dict(torch=torch.__version__, timm=timm.__version__, albumentations=albumentations.__version__,
                                           python=platform.python_version())))
     f.writer = SummaryWriter(str(f.run.events_dir))
+
+LENGTH_SCHEDULERS = ("cosine", "step", "onecycle")  # their learning-rate curve is laid out over `epochs`
+
+def _check_resume_length(p: TrainParams, run: Run):
+    "A resume may change `epochs` only where the scheduler does not depend on it."
+    old = run.params.get("epochs")
+    if old != p.epochs and p.scheduler in LENGTH_SCHEDULERS:
+        raise ValueError(f"cannot resume {run} with epochs={p.epochs}: it started with epochs={old} and scheduler={p.scheduler!r}, whose "
+                         f"learning-rate curve is laid out over the epoch count. Resume with epochs={old}, or train anew "
+                         f"(overwrite=true); runs with scheduler 'none', 'plateau' or 'cyclic' can be extended")
+
+def _report_ignored(p: TrainParams, data: FoldData):
+    "Say how many folders and files of the data folder were skipped (they are also recorded in params.json)."
+    names = dict(train_folders="folder(s) in train/images not in train.csv", train_files="unexpected file(s) in person folders",
+                 eval_files="file(s) in eval/images not in info.csv")
+    what = [f"{n} {names.get(k, k)}" for k, n in data.ignored.items() if n]
+    if what: print(f"note: {resolve_path(p.data_dir)}: ignored {', '.join(what)} (mask-pstage-validate lists them)", flush=True)
 
 def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
     "Everything before the first epoch: the run folder checked, data, model, loss, loader, optimizer, resume state, logs."
     t_start, run = time.time(), Run(p.out_dir)
     run.check_start(asdict(p), asdict(TrainParams()), RESUME_MAY_CHANGE)  # on every rank: a refusal must stop all processes
-    if rank == 0 and p.overwrite and not p.resume: run.clear()
+    if p.resume and run.started: _check_resume_length(p, run)
+    if rank == 0: remove_partial(run.path)  # a write cut short by a kill
     data = _load_data(p, rank == 0, world)
+    if rank == 0: _report_ignored(p, data)
     model, net, ema, norm, cost = _build_model(p, device, world, len(data.classes))
     loss_fn, sample_weights = _balance(p, data, device)
     sampler, augment = EpochSampler(len(data.train_rows), sample_weights, p.seed, rank, world), build_augment(p.augment, seed=p.seed)
@@ -495,6 +529,7 @@ def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
             mixing=Mixing(p, len(data.classes)), sampler=sampler, augment=augment, loader=loader, opt=opt, sched=sched,
             sched_kind=sched_kind, scaler=torch.amp.GradScaler(device.type, enabled=p.amp and device.type == "cuda"), t_start=t_start)
     if p.resume and run.started: _resume(f)
+    if f.main and p.overwrite and not p.resume: run.clear()  # only now: a start that fails keeps the previous run
     if f.main: _record_start(f)
     return f
 
@@ -601,6 +636,8 @@ def train(params=None, **overrides) -> dict:
     "Train one fold as described by `params` (see above); returns the metrics and writes the run folder."
     p = make_params(params, **overrides)
     device, rank, world, local_rank, owns_process_group = setup_device(p)
+    run = Run(p.out_dir)
+    existed = run.path.exists()
     try:
         f = setup(p, device, rank, world)
         for epoch in range(f.start_epoch, p.epochs):
@@ -608,6 +645,9 @@ def train(params=None, **overrides) -> dict:
             row.update(evaluate(f, row))
             end_epoch(f, epoch, row)
         return finish(f)
+    except BaseException:
+        if rank == 0 and not existed and not run.started: shutil.rmtree(run.path, ignore_errors=True)  # nothing to resume: no debris
+        raise
     finally:
         if owns_process_group: torch.distributed.destroy_process_group()
 
@@ -635,9 +675,7 @@ def main(argv=None):
         ap.add_argument(f"--{f.name}", default=None, help=f"default: {getattr(TrainParams(), f.name)!r}")
     args = {k: v for k, v in vars(ap.parse_args(argv)).items() if v is not None}
     try: metrics = train(**args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e: sys.exit(f"error: {e}")
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as e: sys.exit(f"error: {e}")
     if metrics: print(json.dumps({k: v for k, v in metrics.items() if k != "f1_per_class"}, indent=1))
 
-if __name__ == "__main__":
-    try: get_ipython  # in a notebook this module's cells run as __main__: don't parse the kernel's argv
-    except NameError: main()
+if __name__ == "__main__" and not in_notebook(): main()  # in a notebook this cell runs as __main__ too
