@@ -237,7 +237,8 @@ def test_submission_tools_answer_bad_files_with_one_error_line(base, tmp_path):
 
 
 def test_pipeline_stops_before_any_step_naming_the_broken_file(base, tmp_path):
-    for name, breaker in [("info.csv header only", dict(BROKEN)["info.csv header only"]), ("truncated jpeg", dict(BROKEN)["truncated jpeg"])]:
+    for name in ("info.csv header only", "truncated jpeg"):
+        breaker = dict(BROKEN)[name]
         data = tmp_path / name.replace(" ", "_")
         shutil.copytree(base, data)
         named = str(breaker(data))
