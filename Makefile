@@ -21,7 +21,7 @@ FOLDS        ?=
 PRESET       ?=
 EPOCHS       ?= 12
 
-.PHONY: install data demo eda train pipeline lightweight test clean-nbs export bench
+.PHONY: install data demo eda train pipeline lightweight test lab clean-nbs export bench
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,12 @@ lightweight: data
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider
+
+# JupyterLab on nbs/ with this environment as the named kernel "Python (mask_pstage)"; LAB_ARGS="--port 8890" etc.
+LAB_ARGS ?=
+lab: install
+	$(BIN)/python -m ipykernel install --sys-prefix --name mask-pstage --display-name "Python (mask_pstage)"
+	$(BIN)/jupyter lab --notebook-dir nbs --MappingKernelManager.default_kernel_name=mask-pstage $(LAB_ARGS)
 
 # developer helpers: export the package from the notebooks, and clean the notebooks
 export: install

@@ -14,9 +14,9 @@ import pandas as pd
 __all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORING_AGE_THRESHOLD', 'STEM_TO_MASK', 'IMAGE_STEMS',
            'IMAGE_EXTS', 'PARTIAL_SUFFIX', 'MIN_IMAGE_SIDE', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES', 'age_band',
            'encode_label', 'decode_label', 'class_names', 'project_root', 'resolve_path', 'in_notebook', 'in_test',
-           'atomic_path', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError', 'require_data_dir',
-           'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_rgb', 'decode_images',
-           'validate_layout', 'format_report', 'validate_main', 'label_fix_table', 'apply_label_fixes',
+           'progress_bar', 'atomic_path', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError',
+           'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_rgb',
+           'decode_images', 'validate_layout', 'format_report', 'validate_main', 'label_fix_table', 'apply_label_fixes',
            'classification_metrics', 'assign_folds', 'imagefolder_root', 'read_imagefolder', 'imagefolder_metrics',
            'assign_label_folds']
 
@@ -75,6 +75,31 @@ def in_notebook() -> bool:
 def in_test() -> bool:
     "True under `nbdev-test` (it sets IN_TEST), where job notebooks shrink themselves."
     return bool(os.environ.get("IN_TEST"))
+
+class _Lines:
+    "A stream that drops tqdm's bare carriage returns and newlines: every update stays a line of its own."
+    def __init__(self, stream): self.stream = stream
+    def write(self, s):
+        if s not in ("", "\n", "\r"): self.stream.write(s)
+    def flush(self): self.stream.flush()
+
+def progress_bar(iterable=None, total=None, desc: str = "", every: float = 10.0, **kwargs):
+    """A tqdm progress bar as the place calls for: a widget in JupyterLab (a kernel that a Jupyter server started, which sets
+    JPY_SESSION_NAME); elsewhere (papermill, scripts, logs) plain lines, one every `every` seconds and a last one at the end.
+    Silent under nbdev-test."""
+    from tqdm.std import tqdm
+    if in_test(): kwargs["disable"] = True
+    if os.environ.get("JPY_SESSION_NAME"):
+        try:
+            import ipywidgets  # noqa: F401  (tqdm.notebook draws with it)
+            from tqdm.notebook import tqdm as widget
+            return widget(iterable, total=total, desc=desc, **kwargs)
+        except ImportError: pass
+    class LineBar(tqdm):
+        def display(self, msg=None, pos=None):
+            if msg != "": self.fp.write(f"{self if msg is None else msg}\n"); self.fp.flush()
+            return True
+    return LineBar(iterable, total=total, desc=desc, mininterval=every, ascii=True, file=_Lines(sys.stdout), **kwargs)
 
 PARTIAL_SUFFIX = ".tmp"  # atomic writes go to ".<name>.<random>.tmp" beside their target
 

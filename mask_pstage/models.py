@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-from .core import N_CLASSES, resolve_path, atomic_path
+from .core import N_CLASSES, resolve_path, atomic_path, progress_bar
 
 # %% auto #0
 __all__ = ['AGES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model', 'save_model', 'load_model',
@@ -125,12 +125,15 @@ def to_input(batch, mean, std, device="cpu", channels_last: bool = True):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 @torch.no_grad()
-def predict(model, images, rows, mean, std, device, batch_size=128, channels_last=True, amp=False, flip=False) -> np.ndarray:
-    "Class probabilities (N, C) for rows `rows` of the cached `images` (with `flip`, averaged with the mirrored images')."
+def predict(model, images, rows, mean, std, device, batch_size=128, channels_last=True, amp=False, flip=False,
+            progress: str = "") -> np.ndarray:
+    """Class probabilities (N, C) for rows `rows` of the cached `images` (with `flip`, averaged with the mirrored images');
+    with `progress`, a progress bar of that name."""
     model.eval()
     out = []
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    for i in range(0, len(rows), batch_size):
+    starts = range(0, len(rows), batch_size)
+    for i in progress_bar(starts, desc=progress, unit="batch") if progress else starts:
         x = to_input(np.asarray(images[rows[i:i + batch_size]]), mean, std, device, channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=amp):
             logits = model(x).float()

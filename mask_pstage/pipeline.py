@@ -8,7 +8,6 @@ import os, sys, json, time, argparse, hashlib
 from pathlib import Path
 from .core import LayoutError, Problem, in_notebook, project_root, resolve_path, atomic_path, validate_layout
 from .training import make_params
-from .preprocess import face_boxes
 from .runs import Run
 
 NBS = project_root(Path(__file__).parent if "__file__" in globals() else None) / "nbs"
@@ -18,6 +17,18 @@ class PipelineError(RuntimeError):
 
 def _marker(run: Path, name: str, params: dict) -> tuple[Path, str]:
     return run / ".steps" / f"{name}.json", hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+def ipc_kernel_manager():
+    """A jupyter_client kernel manager whose local kernel listens on Unix sockets (IPC, in a private temporary folder), not on
+    TCP ports: nothing is exposed on the network, and ipykernel has no unencrypted-TCP warning to print."""
+    import shutil, tempfile, weakref
+    from jupyter_client.manager import AsyncKernelManager
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            folder = tempfile.mkdtemp(prefix="mask-pstage-kernel-")
+            super().__init__(transport="ipc", ip=os.path.join(folder, "kernel"), **kwargs)
+            weakref.finalize(self, shutil.rmtree, folder, True)
+    return IPCKernelManager
 
 def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = False, log=print) -> Path:
     "Execute `notebook` with `params` into run/{name}.ipynb unless an identical finished run is there."
@@ -30,7 +41,8 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     t0 = time.time()
     in_test = os.environ.pop("IN_TEST", None)  # the kernel inherits the environment: steps must not shrink themselves
     try:
-        pm.execute_notebook(str(NBS / notebook), str(out_nb), parameters=params, cwd=str(NBS.parent), progress_bar=False)
+        pm.execute_notebook(str(NBS / notebook), str(out_nb), parameters=params, cwd=str(NBS.parent), progress_bar=False,
+                            kernel_manager_class=ipc_kernel_manager())
     except pm.PapermillExecutionError as e:
         what = f"{e.ename}: {e.evalue}" if str(e.evalue).strip() else f"{e.ename}, without a message"
         raise PipelineError(f"step '{name}' failed ({what}); the traceback is in {out_nb}") from None
@@ -43,7 +55,8 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     return out_nb
 
 # %% auto #0
-__all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_pipeline', 'check_data', 'write_summary', 'main']
+__all__ = ['NBS', 'PRESETS', 'PipelineError', 'ipc_kernel_manager', 'run_step', 'preset_params', 'run_pipeline', 'check_data',
+           'write_summary', 'main']
 
 # %% ../nbs/07_pipeline.ipynb #09e68698
 PRESETS = dict(
@@ -74,9 +87,9 @@ def run_pipeline(data_dir, run_dir, n_folds: int | None = None, train: dict | No
     run.mkdir(parents=True, exist_ok=True)
     run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(run / "eda")), force, log)
     if p.crop == "face":  # detect faces once here, not once per fold
-        t = time.time()
-        face_boxes(data_dir, p.face_detector, p.face_boxes or None, p.cache_dir, log=lambda m: log(f"[faces] {m}"))
-        _record_step(run, "faces", dict(data_dir=data_dir, detector=p.face_detector), time.time() - t, keep=True)
+        run_step(run, "02_preprocess", "02_preprocess.ipynb", dict(data_dir=data_dir, out_dir=str(run / "preprocess"),
+                 detector=p.face_detector, boxes=p.face_boxes, cache_dir=p.cache_dir, crop_margin=p.crop_margin,
+                 crop_aspect=p.crop_aspect, img_size="x".join(map(str, p.img_size))), force, log)
     for fold in range(n_folds):
         params = dict(train, data_dir=data_dir, n_folds=n_folds, fold=fold, out_dir=str(run / "train" / f"fold{fold}"), resume=True)
         if skip_train and Run(run / "train" / f"fold{fold}").finished:

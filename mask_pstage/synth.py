@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 from .core import (GENDERS, IMAGE_STEMS, STEM_TO_MASK, age_band, encode_label, label_fix_table,
-                              in_notebook, resolve_path, write_csv)
+                              in_notebook, progress_bar, resolve_path, write_csv)
 from .submission import public_private, score
 
 # %% auto #0
@@ -330,8 +330,7 @@ def _pool(workers: int):
 def _imap(pool, f, jobs, progress, desc):
     it = pool.imap(f, jobs, chunksize=4)
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, total=len(jobs), desc=desc, mininterval=2)
+        it = progress_bar(it, total=len(jobs), desc=desc)
     return list(it)
 
 # %% ../nbs/00b_synth.ipynb #4544dbf1

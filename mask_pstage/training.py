@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-from .core import LABEL_FIX_NAMES, in_notebook, remove_partial, require_data_dir, resolve_path
+from .core import LABEL_FIX_NAMES, in_notebook, progress_bar, remove_partial, require_data_dir, resolve_path
 from .tasks import task_for, parse_ages
 from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, CROP_ASPECTS, FoldData, build_augment, CachedImages,
                                     collate_uint8, parse_size, prepare_data)
@@ -72,7 +72,7 @@ class TrainParams:
     drop_boundary_ages: str = ""           # ages left out of training, e.g. "27-29,57-59"
     augment: str = "base"                  # none | light | base | strong
     crop: str = "none"                     # none | face (cached face boxes: identical crops for train, val and eval images)
-    face_detector: str = "mtcnn"           # detector for face crops (see nbs/02_preprocess.ipynb)
+    face_detector: str = "mtcnn"           # detector for face crops (see nbs/02b_preprocessing.ipynb)
     face_boxes: str = ""                   # face box CSV (default: beside the data, or under cache_dir when the data is read-only)
     crop_margin: float = 0.3               # grow the face box by this share of its size on every side
     crop_aspect: str = "model"             # model (img_size's height/width) | square
@@ -541,7 +541,8 @@ def train_one_epoch(f: Fit, epoch: int) -> dict:
     f.net.train()
     t0, seen, loss_sum, n_batches = time.time(), 0, 0.0, 0
     f.opt.zero_grad(set_to_none=True)
-    for step, (imgs, rows) in enumerate(f.loader):
+    batches = progress_bar(f.loader, desc=f"epoch {epoch}", unit="batch", leave=False) if f.main else f.loader
+    for step, (imgs, rows) in enumerate(batches):
         x, y = f.mixing(to_input(imgs, *f.norm, f.device, p.channels_last), f.targets[rows].to(f.device))
         with torch.autocast(f.device.type, dtype=torch.float16 if f.device.type == "cuda" else torch.bfloat16, enabled=p.amp):
             logits = f.net(x).float()
@@ -609,13 +610,14 @@ def finish(f: Fit) -> dict:
     p, d, run = f.p, f.data, f.run
     best = run.model("best").to(f.device)
     if p.channels_last: best = best.to(memory_format=torch.channels_last)
-    go = lambda images, rows: predict(best, images, rows, *f.norm, f.device, channels_last=p.channels_last, amp=p.amp)
+    go = lambda images, rows, what: predict(best, images, rows, *f.norm, f.device, channels_last=p.channels_last, amp=p.amp,
+                                            progress=f"predicting {len(rows)} {what} images")
     columns = [f"p{c}" for c in range(len(d.classes))]
     metrics = dict(fold=p.fold, model=p.model, best_epoch=f.best_epoch, epochs=p.epochs, macs=f.cost[0], params=f.cost[1],
                    train_images_per_s=round(float(np.mean([h["images_per_s"] for h in f.history])), 1) if f.history else None,
                    n_train_images=len(d.train_rows), n_val_images=len(d.val_rows))
     if f.has_val:
-        probs = go(d.images, d.val_rows)
+        probs = go(d.images, d.val_rows, "validation")
         metrics.update(d.metrics(d.val_rows, probs))
         keep = [c for c in ("person_id", "class_name", "gender", "age", "age_band", "mask", "stem", "label", "fold", "path")
                 if c in d.table]
@@ -623,9 +625,9 @@ def finish(f: Fit) -> dict:
                                                 pd.DataFrame(probs, columns=columns)], axis=1).assign(pred=probs.argmax(1)))
     if p.predict_train:
         rows = d.table.iloc[d.train_rows][["person_id", "label", "fold", "path"]].reset_index(drop=True)
-        run.write_predictions("train", pd.concat([rows, pd.DataFrame(go(d.images, d.train_rows), columns=columns)], axis=1))
+        run.write_predictions("train", pd.concat([rows, pd.DataFrame(go(d.images, d.train_rows, "training"), columns=columns)], axis=1))
     if d.eval is not None and d.eval_images is not None:
-        probs = go(d.eval_images, np.arange(len(d.eval)))
+        probs = go(d.eval_images, np.arange(len(d.eval)), "eval")
         run.write_predictions("test", pd.concat([d.eval[["ImageID"]].reset_index(drop=True), pd.DataFrame(probs, columns=columns)], axis=1))
     metrics["wall_seconds"] = round(time.time() - f.t_start, 1)
     run.write_metrics(metrics)
