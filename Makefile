@@ -70,7 +70,7 @@ test: install
 LAB_ARGS ?=
 lab: install
 	$(BIN)/python -m ipykernel install --sys-prefix --name mask-pstage --display-name "Python (mask_pstage)"
-	$(BIN)/jupyter lab --notebook-dir nbs --MappingKernelManager.default_kernel_name=mask-pstage $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir nbs --MappingKernelManager.default_kernel_name=mask-pstage $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # developer helpers: export the package from the notebooks, and clean the notebooks
 export: install

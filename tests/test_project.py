@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NBS = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", ".")))
 # job notebooks: papermill runs them, so each must keep its `parameters` cell
-JOB_NOTEBOOKS = ["01_eda.ipynb", "02_preprocess.ipynb", "03_train.ipynb", "04_error_analysis.ipynb", "05_ensemble.ipynb", "06_lightweight.ipynb",
-                 "08_real_faces.ipynb"]
+JOB_NOTEBOOKS = ["01_eda.ipynb", "02_preprocess.ipynb", "03_train.ipynb", "04_error_analysis.ipynb", "05_ensemble.ipynb",
+                 "06_lightweight.ipynb", "08_real_faces.ipynb"]
 FAIRFACE = ROOT.parent / "shared" / "data" / "fairface_mask"
 
 
