@@ -38,6 +38,7 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     if not force and marker.exists() and json.loads(marker.read_text()).get("key") == key and out_nb.exists():
         log(f"[{name}] finished before, reused ({out_nb})"); return out_nb
     log(f"[{name}] running {notebook} -> {out_nb}")
+    run.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     in_test = os.environ.pop("IN_TEST", None)  # the kernel inherits the environment: steps must not shrink themselves
     try:
