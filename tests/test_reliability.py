@@ -217,19 +217,25 @@ def test_submission_tools_answer_bad_files_with_one_error_line(base, tmp_path):
     ids = pd.read_csv(truth, dtype=str).ImageID
     fill = dict(rows18="ImageID,ans\n" + "".join(f"{i},18\n" for i in ids), rowsx="ImageID,ans\n" + "".join(f"{i},x\n" for i in ids),
                 short="ImageID,ans\n" + "".join(f"{i},1\n" for i in ids[1:]))
-    for name, text, needle in SUBMISSIONS:
+    from mask_pstage import submission, synth
+    for name, text, needle in SUBMISSIONS:  # both command lines' own code, in this process
         f = tmp_path / f"{name.replace(' ', '_')}.csv"
         f.write_bytes(text if isinstance(text, bytes) else text.format(**fill).encode())
-        for tool in (["-m", "mask_pstage.submission", f, "--truth", truth], ["-m", "mask_pstage.synth", "--score", f, "--truth", truth]):
-            r = cli(sys.executable, *tool)
-            assert r.returncode == 1 and r.stderr.startswith("error: ") and str(f) in r.stderr and needle in r.stderr, (name, r.stderr)
+        for main, argv in ((submission.main, [str(f), "--truth", str(truth)]), (synth.main, ["--score", str(f), "--truth", str(truth)])):
+            with pytest.raises(SystemExit) as e: main(argv)
+            message = str(e.value.code)
+            assert message.startswith("error: ") and str(f) in message and needle in message, (name, message)
     good = tmp_path / "good.csv"
     pd.DataFrame(dict(ImageID=ids, ans=0)).to_csv(good, index=False)
     no_ans = tmp_path / "truth_no_ans.csv"
     pd.DataFrame(dict(ImageID=ids)).to_csv(no_ans, index=False)
     for t, needle in [(no_ans, "needs the columns ImageID and ans"), (tmp_path / "missing.csv", "does not exist")]:
-        r = cli(sys.executable, "-m", "mask_pstage.submission", good, "--truth", t)
-        assert r.returncode == 1 and str(t) in r.stderr and needle in r.stderr, r.stderr
+        with pytest.raises(SystemExit) as e: submission.main([str(good), "--truth", str(t)])
+        assert str(t) in str(e.value.code) and needle in str(e.value.code), e.value.code
+    for tool in (["-m", "mask_pstage.submission", tmp_path / "zero_bytes.csv", "--truth", truth],  # and as real processes
+                 ["-m", "mask_pstage.synth", "--score", tmp_path / "ans_not_a_number.csv", "--truth", truth]):
+        r = cli(sys.executable, *tool)
+        assert r.returncode == 1 and r.stderr.startswith("error: ") and str(tool[2 if tool[1].endswith("submission") else 3]) in r.stderr
     probs = pd.DataFrame(np.full((len(ids) - 1, 18), 1 / 18), columns=[f"p{c}" for c in range(18)]).assign(ImageID=ids[1:].to_numpy())
     with pytest.raises(ValueError, match="lack 1 eval image"):
         write_submission(probs, base, tmp_path / "sub.csv")

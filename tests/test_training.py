@@ -17,7 +17,7 @@ def data(tmp_path_factory):
 def args(data, out, cache, **kw):
     base = dict(data_dir=data, out_dir=out, cache_dir=cache, model="mobilenetv3_small_050", pretrained="false",
                 img_size="64x48", epochs=4, batch_size=16, n_folds=4, fold=1, optimizer="sgd", lr=0.05,
-                threads=2, strip_cutmix=0.3, ema="true")
+                threads=2, strip_cutmix=0.3, ema="true", predict_train="false")
     base.update(kw)
     return [a for k, v in base.items() for a in (f"--{k}", str(v))]
 
@@ -139,7 +139,7 @@ def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
     """A student learns from a teacher run's train.csv; a teacher that trained on the student's validation
     persons is reported; distillation refuses mixing augmentations."""
     teacher, cache = tmp_path / "teacher", tmp_path / "cache"
-    r = train_cli(*args(data, teacher, cache, epochs=1, strip_cutmix=0.0, ema="false"))
+    r = train_cli(*args(data, teacher, cache, epochs=1, strip_cutmix=0.0, ema="false", predict_train="true"))
     assert r.returncode == 0, r.stderr[-3000:]
     saved = pd.read_csv(teacher / "train.csv")
     assert len(saved) == json.loads((teacher / "params.json").read_text())["n_train_images"]
@@ -170,7 +170,7 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
         target.symlink_to(row.path)
     teacher, cache = tmp_path / "teacher", tmp_path / "cache"
     base = dict(fold=0, n_folds=3, strip_cutmix=0.0, ema="false", epochs=1)
-    r = train_cli(*args(folder, teacher, cache, **base))
+    r = train_cli(*args(folder, teacher, cache, **base, predict_train="true"))  # the student learns from its train.csv
     assert r.returncode == 0, r.stderr[-3000:]
     metrics, saved = json.loads((teacher / "metrics.json").read_text()), json.loads((teacher / "params.json").read_text())
     assert saved["classes"] == [f"class{c}" for c in range(9)] and len(metrics["f1_per_class"]) == 9
@@ -200,7 +200,8 @@ def test_gpu_preset_trains_offline_from_a_local_weights_file(data, tmp_path):
     weights = tmp_path / "weights.pth"
     torch.save(timm.create_model(params["model"], pretrained=False).state_dict(), weights)
     run = tmp_path / "gpu"
-    r = train_cli(*args(data, run, tmp_path / "cache", **{**params, "weights_path": weights, "img_size": "64x48", "epochs": 1}))
+    r = train_cli(*args(data, run, tmp_path / "cache", **{**params, "weights_path": weights, "img_size": "64x48", "epochs": 1,
+                                                         "max_images": 120, "predict_train": "false"}))
     assert r.returncode == 0, r.stderr[-3000:]
     saved = json.loads((run / "params.json").read_text())["params"]
     assert saved["weights_path"] == str(weights) and saved["model"] == params["model"] and saved["amp"] is True
