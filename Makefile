@@ -38,13 +38,13 @@ data: install
 
 eda: data
 	mkdir -p $(RUN)
-	$(BIN)/papermill nbs/01_eda.ipynb $(RUN)/01_eda.ipynb -p data_dir $(DATA) -p out_dir $(RUN)/eda --log-level WARNING
+	$(BIN)/papermill nbs/01_eda.ipynb $(RUN)/01_eda.ipynb -p data_dir $(DATA) -p out_dir $(RUN)/eda --log-level WARNING --engine mask_pstage
 
 # one training fold on the demo data (from scratch: nothing is downloaded); re-running resumes or reuses it
 train: data
 	mkdir -p $(RUN)
 	$(BIN)/papermill nbs/03_train.ipynb $(RUN)/03_train_fold$(FOLD).ipynb -p data_dir $(DATA) -p out_dir $(RUN)/train/fold$(FOLD) \
-	  -p fold $(FOLD) -p pretrained false -p epochs $(EPOCHS) -p resume true --log-level WARNING
+	  -p fold $(FOLD) -p pretrained false -p epochs $(EPOCHS) -p resume true --log-level WARNING --engine mask_pstage
 
 # the whole pipeline (EDA, K folds, error analysis, ensemble, submission, score) on the demo data
 demo: data
@@ -59,7 +59,7 @@ pipeline: install
 # the lightweight-model job notebook on the demo data: accounting, score, distillation, pruning, input sizes
 lightweight: data
 	mkdir -p outputs/lightweight
-	$(BIN)/papermill nbs/06_lightweight.ipynb outputs/lightweight/06_lightweight.ipynb -p data_dir $(DATA) -p out_dir outputs/lightweight --log-level WARNING
+	$(BIN)/papermill nbs/06_lightweight.ipynb outputs/lightweight/06_lightweight.ipynb -p data_dir $(DATA) -p out_dir outputs/lightweight --log-level WARNING --engine mask_pstage
 
 # lint (ruff over the notebooks, tests and benchmarks), then the test suite
 test: install

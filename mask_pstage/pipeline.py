@@ -8,6 +8,7 @@ import os, sys, json, time, argparse, hashlib
 from pathlib import Path
 from .core import LayoutError, Problem, in_notebook, project_root, resolve_path, atomic_path, validate_layout
 from .training import make_params
+from .kernels import ipc_kernel_manager
 from .runs import Run
 
 NBS = project_root(Path(__file__).parent if "__file__" in globals() else None) / "nbs"
@@ -17,18 +18,6 @@ class PipelineError(RuntimeError):
 
 def _marker(run: Path, name: str, params: dict) -> tuple[Path, str]:
     return run / ".steps" / f"{name}.json", hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-
-def ipc_kernel_manager():
-    """A jupyter_client kernel manager whose local kernel listens on Unix sockets (IPC, in a private temporary folder), not on
-    TCP ports: nothing is exposed on the network, and ipykernel has no unencrypted-TCP warning to print."""
-    import shutil, tempfile, weakref
-    from jupyter_client.manager import AsyncKernelManager
-    class IPCKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs):
-            folder = tempfile.mkdtemp(prefix="mask-pstage-kernel-")
-            super().__init__(transport="ipc", ip=os.path.join(folder, "kernel"), **kwargs)
-            weakref.finalize(self, shutil.rmtree, folder, True)
-    return IPCKernelManager
 
 def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = False, log=print) -> Path:
     "Execute `notebook` with `params` into run/{name}.ipynb unless an identical finished run is there."
@@ -56,8 +45,7 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     return out_nb
 
 # %% auto #0
-__all__ = ['NBS', 'PRESETS', 'PipelineError', 'ipc_kernel_manager', 'run_step', 'preset_params', 'run_pipeline', 'check_data',
-           'write_summary', 'main']
+__all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_pipeline', 'check_data', 'write_summary', 'main']
 
 # %% ../nbs/07_pipeline.ipynb #09e68698
 PRESETS = dict(
