@@ -53,6 +53,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_pstage.core.in_test': ('core.html#in_test', 'mask_pstage/core.py'),
                                   'mask_pstage.core.label_fix_table': ('core.html#label_fix_table', 'mask_pstage/core.py'),
                                   'mask_pstage.core.open_rgb': ('core.html#open_rgb', 'mask_pstage/core.py'),
+                                  'mask_pstage.core.open_upright': ('core.html#open_upright', 'mask_pstage/core.py'),
                                   'mask_pstage.core.progress_bar': ('core.html#progress_bar', 'mask_pstage/core.py'),
                                   'mask_pstage.core.project_root': ('core.html#project_root', 'mask_pstage/core.py'),
                                   'mask_pstage.core.read_eval': ('core.html#read_eval', 'mask_pstage/core.py'),

@@ -15,10 +15,10 @@ __all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORIN
            'IMAGE_EXTS', 'PARTIAL_SUFFIX', 'MIN_IMAGE_SIDE', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES', 'age_band',
            'encode_label', 'decode_label', 'class_names', 'project_root', 'resolve_path', 'in_notebook', 'in_test',
            'progress_bar', 'atomic_path', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError',
-           'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_rgb',
-           'decode_images', 'validate_layout', 'format_report', 'validate_main', 'label_fix_table', 'apply_label_fixes',
-           'classification_metrics', 'assign_folds', 'imagefolder_root', 'read_imagefolder', 'imagefolder_metrics',
-           'assign_label_folds']
+           'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_upright',
+           'open_rgb', 'decode_images', 'validate_layout', 'format_report', 'validate_main', 'label_fix_table',
+           'apply_label_fixes', 'classification_metrics', 'assign_folds', 'imagefolder_root', 'read_imagefolder',
+           'imagefolder_metrics', 'assign_label_folds']
 
 # %% ../nbs/00_core.ipynb #2fde608a
 MASKS = ("wear", "incorrect", "not_wear")
@@ -300,7 +300,7 @@ def scan_eval(data_dir) -> tuple[pd.DataFrame, list[Problem]]:
                                 "restore eval/info.csv from the competition data: one ImageID per eval image"))
     for v in df.ImageID[df.ImageID.duplicated()].unique():
         problems.append(Problem("error", str(csv), f"ImageID {v!r} appears more than once", "keep one row per image"))
-    present = {e.name: e for e in os.scandir(images)} if images.is_dir() else {}
+    present = {e.name for e in os.scandir(images)} if images.is_dir() else set()
     if not images.is_dir():
         problems.append(Problem("error", str(images), "folder is missing", "copy eval/images from the competition data"))
     else:
@@ -308,9 +308,8 @@ def scan_eval(data_dir) -> tuple[pd.DataFrame, list[Problem]]:
             if name not in present:
                 problems.append(Problem("error", str(images / name), "eval image listed in info.csv is missing",
                                         "restore it from the competition data; a submission needs every row"))
-            elif _unusable_file(images / name):
-                problems.append(Problem("error", str(images / name), _unusable_file(images / name),
-                                        "restore it from the competition data"))
+            elif broken := _unusable_file(images / name):
+                problems.append(Problem("error", str(images / name), broken, "restore it from the competition data"))
         for name in sorted(set(present) - set(df.ImageID)):
             if not name.startswith("."):
                 problems.append(Problem("warning", str(images / name), "file is not listed in info.csv (ignored)",
@@ -354,19 +353,26 @@ def image_size(path) -> tuple[int, int]:
         w, h = im.size
         return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
 
-def open_rgb(path, draft: tuple[int, int] | None = None):
-    """A PIL image as 8-bit RGB, upright: EXIF orientation applied, 16/32-bit grey scaled to 8 bits (not clipped), palette,
-    CMYK and alpha converted. `draft` (w, h) lets a JPEG decode at 1/2..1/8 scale while it stays at least that big."""
+def open_upright(path, draft=None):
+    """(image, (W, H)): the file as 8-bit RGB, upright (EXIF orientation applied, 16/32-bit grey scaled to 8 bits, not clipped;
+    palette, CMYK and alpha converted), and its full upright size, from one opening of the file. `draft`, a size (w, h) or a
+    function of (W, H) giving one, lets a JPEG decode at 1/2..1/8 scale while it stays at least that big."""
     from PIL import Image
     with Image.open(path) as im:
         turn = _orientation(im)
+        W, H = im.size[::-1] if turn in (5, 6, 7, 8) else im.size
+        if callable(draft): draft = draft(W, H)
         if draft: im.draft("RGB", tuple(draft[::-1]) if turn in (5, 6, 7, 8) else tuple(draft))
         if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             a = np.asarray(im, dtype=np.float64)
             top = 1.0 if im.mode == "F" and a.max(initial=0) <= 1 else 255.0 if a.max(initial=0) <= 255 else 65535.0
             out = Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
         else: out = im.convert("RGB")
-    return out.transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[turn])) if turn in _EXIF_TRANSPOSE else out
+    return (out.transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[turn])) if turn in _EXIF_TRANSPOSE else out), (W, H)
+
+def open_rgb(path, draft=None):
+    "The image of `open_upright`: 8-bit RGB, upright."
+    return open_upright(path, draft)[0]
 
 def _check_image(path: str) -> tuple[str | None, tuple[int, int] | None]:
     "(why the file cannot be decoded or None, its upright size): every pixel is decoded, so a truncated file is found."

@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 import albumentations as A
 from dataclasses import dataclass, field
-from .core import (atomic_path, resolve_path, write_csv, read_train, read_eval, in_test, in_notebook, open_rgb, image_size,
+from .core import (atomic_path, resolve_path, write_csv, read_train, read_eval, in_test, in_notebook, open_rgb, open_upright,
                               progress_bar, MASKS)
 from .tasks import task_for, parse_ages
 
@@ -46,9 +46,9 @@ def create_face_detector(name: str = "mtcnn", **kwargs):
 def detect_image(path, detect, detect_size: int = 256) -> dict:
     "The largest face of one image, detected at `detect_size` pixels on the long side, in full-size pixels."
     try:
-        W, H = image_size(path)  # upright, as are the boxes
-        scale = min(1.0, detect_size / max(W, H))
-        im = open_rgb(path, draft=(math.ceil(W * scale), math.ceil(H * scale)) if scale < 1 else None)  # JPEG: reduced scale
+        scale_of = lambda W, H: min(1.0, detect_size / max(W, H))
+        im, (W, H) = open_upright(path, draft=lambda W, H: (math.ceil(W * scale_of(W, H)), math.ceil(H * scale_of(W, H))))
+        scale = scale_of(W, H)  # sizes are upright, as are the boxes; a JPEG decodes at reduced scale
         img = np.asarray(im.resize((round(W * scale), round(H * scale)), Image.BILINEAR) if scale < 1 else im)
     except Exception as e:
         raise OSError(f"cannot read image {path} ({type(e).__name__}: {e}); restore the file or check the dataset "
@@ -205,10 +205,12 @@ def load_image(path, size, box=None) -> np.ndarray:
     "One image as RGB uint8 (H, W, 3) at `size` = (H, W), cropped to `box` (x0, y0, x1, y1) if given; errors name the file."
     h, w = size
     try:
-        W, H = image_size(path)  # upright (EXIF orientation applied), as are the face boxes
-        x0, y0, x1, y1 = box if box is not None else (0, 0, W, H)
-        # JPEG: decode at 1/2, 1/4 or 1/8 scale when the crop still covers the size
-        im = open_rgb(path, draft=(math.ceil(w * W / (x1 - x0)), math.ceil(h * H / (y1 - y0))))
+        crop = lambda W, H: box if box is not None else (0, 0, W, H)  # upright pixels (EXIF orientation applied), as are the boxes
+        def draft(W, H):  # JPEG: decode at 1/2, 1/4 or 1/8 scale when the crop still covers the size
+            x0, y0, x1, y1 = crop(W, H)
+            return math.ceil(w * W / (x1 - x0)), math.ceil(h * H / (y1 - y0))
+        im, (W, H) = open_upright(path, draft)
+        x0, y0, x1, y1 = crop(W, H)
         sx, sy = im.size[0] / W, im.size[1] / H
         return np.asarray(im.resize((w, h), Image.BILINEAR, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), reducing_gap=2.0))
     except Exception as e:
