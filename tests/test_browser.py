@@ -60,14 +60,14 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
         driver.get(f"{url}/lab/tree/01_eda.ipynb?token={token}")
-        wait = WebDriverWait(driver, 120, poll_frequency=0.5)
+        wait = WebDriverWait(driver, 300, poll_frequency=0.5)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
         idle = lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")
         wait.until(idle)                                                           # the kernel is up
         driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]").click()
         wait.until(lambda d: d.find_elements(By.XPATH, "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]"))[0].click()
         prompts = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputArea-prompt")]
-        WebDriverWait(driver, 300, poll_frequency=1).until(
+        WebDriverWait(driver, 600, poll_frequency=1).until(  # generous: a loaded machine
             lambda d: idle(d) and prompts(d) and all(p.strip("[]: ").isdigit() for p in prompts(d)))  # every code cell ran
         stderr = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         errors = [e.text[:500] for e in stderr if "Traceback" in e.text or "Error" in e.text]
