@@ -411,6 +411,7 @@ class Fit:
     best_f1: float = -1.0
     best_epoch: int = -1
     updates: int = 0
+    stopped_after: int | None = None   # the epoch count after which `on_epoch` stopped training
     history: list = field(default_factory=list)
 
     @property
@@ -629,13 +630,17 @@ def finish(f: Fit) -> dict:
     if d.eval is not None and d.eval_images is not None:
         probs = go(d.eval_images, np.arange(len(d.eval)), "eval")
         run.write_predictions("test", pd.concat([d.eval[["ImageID"]].reset_index(drop=True), pd.DataFrame(probs, columns=columns)], axis=1))
+    if f.stopped_after: metrics["stopped_after_epochs"] = f.stopped_after
     metrics["wall_seconds"] = round(time.time() - f.t_start, 1)
     run.write_metrics(metrics)
     return metrics
 
 # %% ../nbs/03a_training.ipynb #29d57bd3
-def train(params=None, **overrides) -> dict:
-    "Train one fold as described by `params` (see above); returns the metrics and writes the run folder."
+def train(params=None, on_epoch=None, **overrides) -> dict:
+    """Train one fold as described by `params` (see above); returns the metrics and writes the run folder.
+    `on_epoch(epoch, row)` is called after each recorded epoch (rank 0 and others alike); when it returns True, training stops
+    there and the run finishes as usual (predictions of the best epoch so far), with `stopped_after_epochs` in its metrics:
+    the search notebook's pruner stops bad trials this way."""
     p = make_params(params, **overrides)
     device, rank, world, local_rank, owns_process_group = setup_device(p)
     run = Run(p.out_dir)
@@ -646,6 +651,9 @@ def train(params=None, **overrides) -> dict:
             row = train_one_epoch(f, epoch)
             row.update(evaluate(f, row))
             end_epoch(f, epoch, row)
+            if on_epoch is not None and on_epoch(epoch, row):
+                f.stopped_after = epoch + 1
+                break
         return finish(f)
     except BaseException:
         if rank == 0 and not existed and not run.started: shutil.rmtree(run.path, ignore_errors=True)  # nothing to resume: no debris
