@@ -11,7 +11,7 @@ BIN = Path(sys.executable).parent
 NBS = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", ".")))
 # job notebooks: papermill runs them, so each must keep its `parameters` cell
 JOB_NOTEBOOKS = ["01_eda.ipynb", "02_preprocess.ipynb", "03_train.ipynb", "04_error_analysis.ipynb", "05_ensemble.ipynb",
-                 "06_lightweight.ipynb", "08_real_faces.ipynb"]
+                 "06_lightweight.ipynb", "08_real_faces.ipynb", "09_search.ipynb"]
 FAIRFACE = ROOT.parent / "shared" / "data" / "fairface_mask"
 
 
