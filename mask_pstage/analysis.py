@@ -15,8 +15,9 @@ from .core import (AGE_BANDS, GENDERS, MASKS, N_CLASSES, PROB_COLUMNS, class_nam
 from .runs import Run, find_runs
 
 # %% auto #0
-__all__ = ['load_oof', 'fold_table', 'covers_all_persons', 'confusion_plots', 'per_class_table', 'age_error_table',
-           'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection', 'run_analysis']
+__all__ = ['NOISE_FIELDS', 'load_oof', 'fold_table', 'covers_all_persons', 'confusion_plots', 'per_class_table',
+           'age_error_table', 'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection', 'split_comparison',
+           'run_analysis']
 
 # %% ../nbs/04_error_analysis.ipynb #5782f121
 def load_oof(runs: list[Run]) -> pd.DataFrame:
@@ -91,32 +92,80 @@ def gallery(rows: pd.DataFrame, cols: int = 6, thumb=(96, 128)):
     return fig
 
 # %% ../nbs/04_error_analysis.ipynb #d986fce7
-def noise_suspects(oof: pd.DataFrame) -> pd.DataFrame:
-    "Persons ranked by how strongly the out-of-fold predictions contradict their gender or mask labels."
+NOISE_FIELDS = ("gender", "age", "mask_swap")
+
+def _log_odds_against(p: np.ndarray, given: np.ndarray, eps: float) -> np.ndarray:
+    "Per image: log-odds that the given class of an attribute is wrong (probabilities clipped to [eps, 1 - eps])."
+    q = (p / p.sum(1, keepdims=True))[np.arange(len(p)), given].clip(eps, 1 - eps)
+    return np.log1p(-q) - np.log(q)
+
+def noise_suspects(oof: pd.DataFrame, eps: float = 0.1) -> pd.DataFrame:
+    """Persons ranked by how strongly all their out-of-fold images contradict their labels. Gender and age belong to the
+    person: a field's evidence is the mean over the person's images of the log-odds against the given label (each image
+    clipped at `eps`, so one overconfident image cannot decide). `mask_swap` is the evidence that the person's
+    `incorrect_mask` and `normal` photos are swapped. Each field is centred on its median over all persons (a field the
+    model is unsure about everywhere, such as age, needs more), and a person's score is the largest of its fields."""
     probs = oof[PROB_COLUMNS].to_numpy()
     m, g, a = decode_label(np.arange(N_CLASSES))
-    p_female = probs[:, g == 1].sum(1)
-    gender_contra = np.where(oof.gender.to_numpy() == 1, 1 - p_female, p_female)
-    p_incorrect, p_normal = probs[:, m == 1].sum(1), probs[:, m == 2].sum(1)
-    swap = np.where(oof.stem == "incorrect_mask", p_normal, np.where(oof.stem == "normal", p_incorrect, np.nan))
-    df = oof.assign(gender_score=gender_contra, mask_swap_score=swap)
-    per = df.groupby("person_id").agg(gender=("gender", "first"), age=("age", "first"),
-                                      gender_score=("gender_score", "mean"), mask_swap_score=("mask_swap_score", "mean")).reset_index()
-    per["score"] = per[["gender_score", "mask_swap_score"]].max(1)
-    per["suspect"] = np.where(per.gender_score >= per.mask_swap_score, "gender", "mask_swap")
+    marg = lambda idx, k: np.stack([probs[:, idx == j].sum(1) for j in range(k)], 1)
+    band = oof.age_band.to_numpy() if "age_band" in oof else np.digitize(oof.age.to_numpy(), [30, 60])
+    mm = marg(m, 3); mm = mm / mm.sum(1, keepdims=True)
+    inc, nor = (oof.stem == "incorrect_mask").to_numpy(), (oof.stem == "normal").to_numpy()
+    c = lambda x: x.clip(eps, 1 - eps)
+    swap = np.where(inc, np.log(c(mm[:, 2])) - np.log(c(mm[:, 1])), np.where(nor, np.log(c(mm[:, 1])) - np.log(c(mm[:, 2])), np.nan))
+    df = oof.assign(gender_lo=_log_odds_against(marg(g, 2), oof.gender.to_numpy(), eps),
+                    age_lo=_log_odds_against(marg(a, 3), band, eps), mask_swap_lo=swap)
+    per = df.groupby("person_id").agg(gender=("gender", "first"), age=("age", "first"), images=("path", "size"),
+                                      gender_score=("gender_lo", "mean"), age_score=("age_lo", "mean"),
+                                      mask_swap_score=("mask_swap_lo", "mean")).reset_index()
+    cols = [f"{f}_score" for f in NOISE_FIELDS]
+    centred = (per[cols] - per[cols].median()).fillna(-np.inf)
+    per["score"] = centred.max(axis=1)
+    per["suspect"] = np.asarray(NOISE_FIELDS)[centred.to_numpy().argmax(1)]
     return per.sort_values("score", ascending=False, ignore_index=True)
 
-def noise_detection(suspects: pd.DataFrame, manifest: pd.DataFrame, threshold: float = 0.5) -> dict:
-    "Precision and recall of the suspects (score >= threshold, and the top-N with N injected) against a noise manifest."
-    truth = set(manifest[manifest.field.isin(["gender", "mask_swap"])].person_id) & set(suspects.person_id)
+def noise_detection(suspects: pd.DataFrame, manifest: pd.DataFrame, threshold: float = 1.0) -> dict:
+    """Precision and recall against a noise manifest (every field: gender, age, mask swap) of the top-N suspects, N the
+    number of injected persons among them, and of the suspects scoring at least `threshold`."""
+    truth = set(manifest[manifest.field.isin(NOISE_FIELDS)].person_id) & set(suspects.person_id)
     flagged = set(suspects.person_id[suspects.score >= threshold])
     top = set(suspects.person_id.head(len(truth)))
     pr = lambda s: (len(s & truth) / len(s) if s else float("nan"), len(s & truth) / len(truth) if truth else float("nan"))
     (p1, r1), (p2, r2) = pr(flagged), pr(top)
-    return dict(injected_in_oof=len(truth), flagged=len(flagged), precision=p1, recall=r1, precision_at_n=p2, recall_at_n=r2)
+    found = manifest[manifest.person_id.isin(top & truth)].field.value_counts().to_dict()
+    return dict(injected_in_oof=len(truth), flagged=len(flagged), precision=p1, recall=r1, precision_at_n=p2, recall_at_n=r2,
+                found_at_n={f: int(found.get(f, 0)) for f in NOISE_FIELDS},
+                injected={f: int(v) for f, v in manifest[manifest.person_id.isin(truth)].field.value_counts().items()})
+
+# %% ../nbs/04_error_analysis.ipynb #a04s0001
+def _eval_f1(run: Run) -> float:
+    "Macro F1 of a run's eval predictions (test.csv) against eval_truth.csv beside its data, if both exist."
+    truth_path = resolve_path(run.params["data_dir"]) / "eval_truth.csv"
+    test = run.test()
+    if test is None or not truth_path.exists(): return float("nan")
+    from mask_pstage.submission import read_truth
+    truth = read_truth(truth_path).set_index("ImageID").ans
+    probs = test.set_index("ImageID").loc[truth.index][PROB_COLUMNS].to_numpy()
+    return classification_metrics(truth.to_numpy(), probs)["macro_f1"]
+
+def split_comparison(runs, image_runs) -> pd.DataFrame:
+    """The same recipe validated on person-level folds (`runs`) and on image-level folds (`image_runs`, trained with
+    split=image), fold by fold: validation macro F1 of each, and the eval score of each model where the data has the truth."""
+    person = {r.params["fold"]: r for r in find_runs(runs)}
+    rows = []
+    for r in find_runs(image_runs):
+        if r.params.get("split", "person") != "image": raise ValueError(f"{r.path} was trained with split=person; image_split_runs "
+                                                                        "needs runs trained with split=image")
+        pr = person.get(r.params["fold"])
+        rows.append(dict(fold=r.params["fold"], person_split_val_f1=pr.metrics["macro_f1"] if pr else float("nan"),
+                         image_split_val_f1=r.metrics["macro_f1"], person_split_eval_f1=_eval_f1(pr) if pr else float("nan"),
+                         image_split_eval_f1=_eval_f1(r)))
+    df = pd.DataFrame(rows)
+    df["image_split_overestimate"] = df.image_split_val_f1 - df.person_split_val_f1
+    return df
 
 # %% ../nbs/04_error_analysis.ipynb #25751727
-def run_analysis(runs, out_dir="", gallery_size: int = 18, noise_manifest="") -> SimpleNamespace:
+def run_analysis(runs, out_dir="", gallery_size: int = 18, noise_manifest="", image_split_runs="") -> SimpleNamespace:
     "Error analysis of `runs` (a spec for `find_runs`): tables and summary.json in `out_dir` (default: 'analysis' beside the runs)."
     runs = find_runs(runs)
     out = resolve_path(out_dir) if out_dir else runs[0].path.parent / "analysis"
@@ -137,6 +186,10 @@ def run_analysis(runs, out_dir="", gallery_size: int = 18, noise_manifest="") ->
         summary["noise_detection"] = noise_detection(suspects, manifest)
         suspects = suspects.assign(injected=suspects.person_id.isin(manifest.person_id))
     write_csv(suspects, out / "noise_suspects.csv")
+    splits = split_comparison(runs, image_split_runs) if image_split_runs else None
+    if splits is not None:
+        write_csv(splits, out / "split_comparison.csv")
+        summary["split_comparison"] = {k: float(v) for k, v in splits.drop(columns="fold").mean().items()}
     with atomic_path(out / "summary.json") as tmp: tmp.write_text(json.dumps(summary, indent=1, default=float))
     return SimpleNamespace(runs=runs, out=out, oof=oof, folds=folds, full=full, summary=summary, per_class=per_class,
-                           ages=age_error_table(oof), mistakes=confident_mistakes(oof, gallery_size), suspects=suspects)
+                           ages=age_error_table(oof), mistakes=confident_mistakes(oof, gallery_size), suspects=suspects, splits=splits)

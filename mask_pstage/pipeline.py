@@ -45,7 +45,8 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     return out_nb
 
 # %% auto #0
-__all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_pipeline', 'check_data', 'write_summary', 'main']
+__all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_pipeline', 'check_data', 'selected_epochs',
+           'make_pseudo_labels', 'write_summary', 'main']
 
 # %% ../nbs/07_pipeline.ipynb #09e68698
 PRESETS = dict(
@@ -66,8 +67,14 @@ def preset_params(preset: str, train: dict | None = None, ensemble: dict | None 
 
 # %% ../nbs/07_pipeline.ipynb #34fcb6dc
 def run_pipeline(data_dir, run_dir, n_folds: int | None = None, train: dict | None = None, ensemble: dict | None = None,
-                 skip_train: bool = False, force: bool = False, log=print, preset: str = "") -> dict:
-    "EDA, K training folds, error analysis and ensemble into `run_dir` (a `preset`'s recipe if named); returns the summary."
+                 skip_train: bool = False, force: bool = False, log=print, preset: str = "", train_all: bool = False,
+                 pseudo_threshold: float = 0.0, image_split: bool = False) -> dict:
+    """EDA, K training folds, error analysis and ensemble into `run_dir` (a `preset`'s recipe if named); returns the summary.
+    `image_split`: fold 0 again with folds of images (run/image_split), compared with the person split in the error analysis.
+    `train_all`: the recipe once more on every training person (fold -1, run/train_all) for the epoch count the folds chose,
+    predicting the eval set alone (run/ensemble_all) and with the fold models (run/ensemble_folds_all).
+    `pseudo_threshold`: a second round (run/train_pseudo, analysis_pseudo, ensemble_pseudo) whose folds also train on the eval
+    images the first round's ensemble is confident about (every attribute's probability >= the threshold; run/pseudo)."""
     data_dir, run, t0 = str(resolve_path(data_dir)), resolve_path(run_dir), time.time()
     preset_folds, train, ensemble = preset_params(preset, train, ensemble)
     n_folds = n_folds or preset_folds or 5
@@ -85,10 +92,31 @@ def run_pipeline(data_dir, run_dir, n_folds: int | None = None, train: dict | No
             log(f"[03_train_fold{fold}] skipped (--skip-train)"); continue
         run_step(run, f"03_train_fold{fold}", "03_train.ipynb", params, force, log)
     runs = str(run / "train")
-    run_step(run, "04_error_analysis", "04_error_analysis.ipynb", dict(runs=runs, out_dir=str(run / "analysis")), force, log)
-    ens = dict(dict(runs=runs, out_dir=str(run / "ensemble"), leaderboard_root=str(run)), **(ensemble or {}))
-    run_step(run, "05_ensemble", "05_ensemble.ipynb", ens, force, log)
-    recipe = dict(data_dir=data_dir, preset=preset, folds=n_folds, train=train, ensemble=ensemble)
+    if image_split:
+        run_step(run, "03_train_image_split", "03_train.ipynb", dict(train, data_dir=data_dir, n_folds=n_folds, fold=0, split="image",
+                 out_dir=str(run / "image_split" / "fold0"), resume=True), force, log)
+    run_step(run, "04_error_analysis", "04_error_analysis.ipynb", dict(runs=runs, out_dir=str(run / "analysis"),
+             **(dict(image_split_runs=str(run / "image_split")) if image_split else {})), force, log)
+    ens = lambda runs, out: dict(dict(runs=runs, out_dir=str(run / out), leaderboard_root=str(run)), **(ensemble or {}))
+    run_step(run, "05_ensemble", "05_ensemble.ipynb", ens(runs, "ensemble"), force, log)
+    if train_all:
+        epochs = selected_epochs(run / "train")
+        run_step(run, "03_train_all", "03_train.ipynb", dict(train, data_dir=data_dir, n_folds=n_folds, fold=-1, epochs=epochs,
+                 out_dir=str(run / "train_all"), resume=True), force, log)
+        run_step(run, "05_ensemble_all", "05_ensemble.ipynb", ens(str(run / "train_all"), "ensemble_all"), force, log)
+        run_step(run, "05_ensemble_folds_all", "05_ensemble.ipynb", ens(f"{runs};{run / 'train_all'}", "ensemble_folds_all"), force, log)
+    if pseudo_threshold:
+        pseudo = make_pseudo_labels(run / "ensemble" / "test_probs.csv", pseudo_threshold, run / "pseudo", data_dir)
+        log(f"[pseudo] {pseudo['kept']} of {pseudo['images']} eval images at threshold {pseudo_threshold}"
+            + (f", {pseudo['precision']:.3f} of them right (eval truth)" if "precision" in pseudo else ""))
+        for fold in range(n_folds):
+            run_step(run, f"03_train_pseudo_fold{fold}", "03_train.ipynb", dict(train, data_dir=data_dir, n_folds=n_folds, fold=fold,
+                     pseudo_labels=pseudo["file"], out_dir=str(run / "train_pseudo" / f"fold{fold}"), resume=True), force, log)
+        run_step(run, "04_error_analysis_pseudo", "04_error_analysis.ipynb", dict(runs=str(run / "train_pseudo"),
+                 out_dir=str(run / "analysis_pseudo")), force, log)
+        run_step(run, "05_ensemble_pseudo", "05_ensemble.ipynb", ens(str(run / "train_pseudo"), "ensemble_pseudo"), force, log)
+    recipe = dict(data_dir=data_dir, preset=preset, folds=n_folds, train=train, ensemble=ensemble, train_all=train_all,
+                  pseudo_threshold=pseudo_threshold, image_split=image_split)
     summary = write_summary(run, time.time() - t0, recipe)
     log(f"pipeline finished in {time.time() - t0:.0f} s: {run / 'summary.md'}")
     return summary
@@ -103,6 +131,43 @@ def check_data(data_dir, run: Path, log=print):
     log(f"[check] {data_dir}: layout valid{', every image decodes' if decode else '; images decoded before, reused'}"
         + (f"; {len(problems)} warning(s), see mask-pstage-validate {data_dir}" if len(problems) else ""))
     if decode: _record_step(run, "check", dict(data_dir=data_dir), time.time() - t, keep=True)
+
+def selected_epochs(train_dir) -> int:
+    "The epoch count the fold runs under `train_dir` chose: the median of their best epochs (1-based)."
+    import numpy as np
+    best = [Run(p).metrics["best_epoch"] + 1 for p in sorted(Path(train_dir).glob("fold*")) if Run(p).finished]
+    if not best: raise PipelineError(f"no finished fold run in {train_dir} to take the epoch count from")
+    return int(round(float(np.median(best))))
+
+def make_pseudo_labels(test_probs, threshold: float, out_dir, data_dir) -> dict:
+    """pseudo_labels.csv in `out_dir`: the eval images whose mask, gender and age-band probabilities in `test_probs` (an
+    ensemble's test_probs.csv) all reach `threshold`, labelled with their most probable class; pseudo.json records how
+    many (per attribute too) and, when the data has eval_truth.csv, how many are right: that is for reporting only."""
+    import numpy as np, pandas as pd
+    from mask_pstage.core import PROB_COLUMNS, decode_label, encode_label, write_csv
+    if not 0 < threshold < 1: raise ValueError(f"pseudo_threshold={threshold} must be between 0 and 1 (e.g. 0.9)")
+    test = pd.read_csv(test_probs)
+    probs = test[PROB_COLUMNS].to_numpy()
+    attrs = decode_label(np.arange(len(PROB_COLUMNS)))
+    margs = [np.stack([probs[:, idx == j].sum(1) for j in range(k)], 1) for idx, k in zip(attrs, (3, 2, 3))]
+    conf = np.stack([m.max(1) for m in margs], 1)
+    keep = (conf >= threshold).all(1)
+    label = encode_label(*(m.argmax(1) for m in margs))
+    out = resolve_path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(dict(ImageID=test.ImageID, label=label, conf_mask=conf[:, 0], conf_gender=conf[:, 1], conf_age=conf[:, 2]))
+    write_csv(table[keep], out / "pseudo_labels.csv", float_format="%.4f")
+    record = dict(file=str(out / "pseudo_labels.csv"), source=str(test_probs), threshold=threshold, images=len(test), kept=int(keep.sum()),
+                  confident=dict(mask=int((conf[:, 0] >= threshold).sum()), gender=int((conf[:, 1] >= threshold).sum()),
+                                 age=int((conf[:, 2] >= threshold).sum())))
+    truth_path = resolve_path(data_dir) / "eval_truth.csv"
+    if truth_path.exists() and keep.any():
+        from mask_pstage.submission import read_truth
+        truth = read_truth(truth_path).set_index("ImageID").ans.reindex(test.ImageID[keep]).to_numpy()
+        t_attrs, p_attrs = decode_label(truth), decode_label(label[keep])
+        record.update(precision=float((truth == label[keep]).mean()),
+                      precision_per_attribute={n: float((t == q).mean()) for n, t, q in zip(("mask", "gender", "age"), t_attrs, p_attrs)})
+    with atomic_path(out / "pseudo.json") as tmp: tmp.write_text(json.dumps(record, indent=1))
+    return record
 
 def _record_step(run: Path, name: str, params: dict, seconds: float, keep: bool = False):
     "A marker for a step done outside a notebook (kept from its first run with `keep`, so a reuse does not hide its cost)."
@@ -146,6 +211,29 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
         lines.append(f"- CV estimate {summary['cv_macro_f1']:.4f}, eval score {summary['submission_score']['all']:.4f}: "
                      f"eval - CV = {summary['eval_minus_cv']:+.4f}")
     if summary["noise_detection"]: lines.append("- label-noise suspects vs injected noise: " + join(summary["noise_detection"], fmt))
+    if analysis.get("split_comparison"):
+        sc = summary["split_comparison"] = analysis["split_comparison"]
+        lines.append(f"- person split vs image split (fold 0, same recipe): validation macro F1 {sc['person_split_val_f1']:.4f} vs "
+                     f"{sc['image_split_val_f1']:.4f}: the image split overestimates by {sc['image_split_overestimate']:+.4f}"
+                     + (f"; eval score of the two models {sc['person_split_eval_f1']:.4f} vs {sc['image_split_eval_f1']:.4f}"
+                        if sc.get("person_split_eval_f1") == sc.get("person_split_eval_f1") else ""))
+    score_of = lambda name: (json.loads((run / name / "ensemble.json").read_text()).get("score") or {}).get("all") \
+        if (run / name / "ensemble.json").exists() else None
+    if (run / "train_all").exists() and score_of("ensemble_all") is not None:
+        summary["train_all"] = dict(epochs=Run(run / "train_all").params["epochs"], eval_alone=score_of("ensemble_all"),
+                                    eval_with_folds=score_of("ensemble_folds_all"), eval_folds=score_of("ensemble"))
+        t = summary["train_all"]
+        lines.append(f"- trained on all persons ({t['epochs']} epochs, the folds' median best epoch): "
+                     f"eval score alone {fmt(t['eval_alone'])}, with the fold models {fmt(t['eval_with_folds'])}, "
+                     f"fold models only {fmt(t['eval_folds'])}")
+    if (run / "pseudo" / "pseudo.json").exists() and (run / "ensemble_pseudo" / "ensemble.json").exists():
+        pr = json.loads((run / "pseudo" / "pseudo.json").read_text())
+        e2 = json.loads((run / "ensemble_pseudo" / "ensemble.json").read_text())
+        summary["pseudo"] = dict(pr, cv_round2=e2.get("oof_macro_f1"), eval_round2=(e2.get("score") or {}).get("all"))
+        lines.append(f"- pseudo-labels (threshold {pr['threshold']}): {pr['kept']} of {pr['images']} eval images"
+                     + (f" ({pr['precision']:.3f} right by the eval truth)" if "precision" in pr else "")
+                     + f"; second round CV {fmt(e2.get('oof_macro_f1'))}, eval score {fmt(summary['pseudo']['eval_round2'])} "
+                     f"(first round: CV {fmt(summary['cv_macro_f1'])}, eval {fmt((summary['submission_score'] or {}).get('all'))})")
     if seconds:
         lines.append(f"- wall time: {seconds:.0f} s (every step when it ran, face detection included: {summary['steps_seconds']:.0f} s)")
     lines += ["", "Plots: [EDA](eda/distributions.png), [ages](eda/ages.png), [confusion](analysis/confusion.png), "
@@ -174,8 +262,13 @@ def main(argv=None):
     ap.add_argument("--ensemble", action="append", metavar="KEY=VALUE", help="an ensemble parameter (repeatable), e.g. --ensemble tta=true")
     ap.add_argument("--skip-train", action="store_true", help="use fold runs that exist, train none")
     ap.add_argument("--force", action="store_true", help="re-run finished steps")
+    ap.add_argument("--image-split", action="store_true", help="also validate fold 0 on folds of images, to compare with persons")
+    ap.add_argument("--train-all", action="store_true", help="also train on every person for the folds' epoch count, predict the eval set")
+    ap.add_argument("--pseudo-threshold", type=float, default=0.0,
+                    help="a second round with the eval images the first round is this sure of (every attribute) as training data")
     a = ap.parse_args(argv)
-    try: run_pipeline(a.data, a.run, a.folds, _kv(a.train), _kv(a.ensemble), a.skip_train, a.force, preset=a.preset)
+    try: run_pipeline(a.data, a.run, a.folds, _kv(a.train), _kv(a.ensemble), a.skip_train, a.force, preset=a.preset,
+                      train_all=a.train_all, pseudo_threshold=a.pseudo_threshold, image_split=a.image_split)
     except (PipelineError, FileNotFoundError, ValueError) as e: sys.exit(f"error: {e}")
 
 if __name__ == "__main__" and not in_notebook(): main()  # in a notebook this cell runs as __main__ too

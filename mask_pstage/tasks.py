@@ -13,7 +13,7 @@ from .core import (SCORING_AGE_THRESHOLD, apply_label_fixes, assign_folds, assig
                               read_train, require_data_dir, resolve_path)
 
 # %% auto #0
-__all__ = ['parse_ages', 'TaskData', 'CompetitionTask', 'FolderTask', 'task_for']
+__all__ = ['PSEUDO_AGES', 'parse_ages', 'TaskData', 'add_pseudo_labels', 'CompetitionTask', 'FolderTask', 'task_for']
 
 # %% ../nbs/00c_tasks.ipynb #419ca24d
 def parse_ages(spec: str) -> list[int]:
@@ -41,6 +41,29 @@ class TaskData:
         train_rows = t.index[t.fold != fold].to_numpy()
         return train_rows, (t.index[t.fold == fold].to_numpy() if fold >= 0 else np.array([], int))
 
+# %% ../nbs/00c_tasks.ipynb #c0c00002
+PSEUDO_AGES = (25, 45, 60)  # the exact age a pseudo-label of each age band trains the exact-age head with
+
+def add_pseudo_labels(table: pd.DataFrame, evals: pd.DataFrame, csv) -> pd.DataFrame:
+    "`table` with the eval images of pseudo-label file `csv` (ImageID, label 0-17) added as training-only rows (fold -2)."
+    path = resolve_path(csv)
+    if not path.is_file(): raise ValueError(f"pseudo_labels: {path} does not exist (write it with the pipeline's pseudo_threshold)")
+    pl = pd.read_csv(path, dtype={"ImageID": str})
+    if not {"ImageID", "label"} <= set(pl.columns): raise ValueError(f"pseudo_labels: {path} needs the columns ImageID and label")
+    label = pd.to_numeric(pl.label, errors="coerce")
+    bad = pl.ImageID[~label.between(0, 17) | (label % 1 != 0)]
+    if len(bad): raise ValueError(f"pseudo_labels: {path}: label must be a class 0-17 (ImageID {bad.iloc[0]})")
+    where = evals.set_index("ImageID").path
+    missing = pl.ImageID[~pl.ImageID.isin(where.index)]
+    if len(missing): raise ValueError(f"pseudo_labels: {path}: {missing.iloc[0]} is not an image of eval/info.csv")
+    label = label.astype(int).to_numpy()
+    mask, gender, band = label // 6, (label // 3) % 2, label % 3
+    age = np.asarray(PSEUDO_AGES)[band]
+    rows = pd.DataFrame(dict(person_id="pseudo:" + pl.ImageID, gender=gender, race="", age=age, age_band=band, mask=mask,
+                             label=label, stem="pseudo", path=where.loc[pl.ImageID].to_numpy(), fold=-2, label_train=label,
+                             age_train=age))
+    return pd.concat([table, rows[[c for c in table.columns if c in rows.columns]]], ignore_index=True)
+
 # %% ../nbs/00c_tasks.ipynb #6e145322
 class CompetitionTask:
     "The competition layout: train/train.csv + 7 images per person, eval/info.csv; 18 classes; person-level folds."
@@ -63,8 +86,11 @@ class CompetitionTask:
             persons = table.person_id.unique()
             keep = np.random.default_rng(_fold_seed(p)).permutation(persons)[: max(p.n_folds, math.ceil(p.max_images / 7))]
             table = table[table.person_id.isin(keep)].reset_index(drop=True)
-        return TaskData(self, assign_folds(table, p.n_folds, _fold_seed(p)), evals if p.predict_eval else None, fixed.attrs["label_fix"],
-                        all_paths, ignored)
+        if getattr(p, "split", "person") == "image":  # folds of images, persons on both sides: to measure how much that flatters
+            table = table.assign(fold=np.random.default_rng(_fold_seed(p)).permutation(len(table)) % p.n_folds)
+        else: table = assign_folds(table, p.n_folds, _fold_seed(p))
+        if getattr(p, "pseudo_labels", ""): table = add_pseudo_labels(table, read_eval(self.data_dir), p.pseudo_labels)
+        return TaskData(self, table, evals if p.predict_eval else None, fixed.attrs["label_fix"], all_paths, ignored)
 
     def metrics(self, y_true, probs) -> dict:
         "Macro F1 and accuracy over the 18 classes, F1 per attribute (mask, gender, age) and per class."
@@ -80,7 +106,7 @@ class CompetitionTask:
 class FolderTask(CompetitionTask):
     "A class-per-folder dataset (`<class>/<image>` or `train/<class>/<image>`): images without groups, no eval set."
     name = "imagefolder"
-    refused = dict(head="single", label_fix="none", crop="none", drop_boundary_ages="")
+    refused = dict(head="single", label_fix="none", crop="none", drop_boundary_ages="", pseudo_labels="")
 
     @property
     def classes(self) -> list[str]:

@@ -44,6 +44,8 @@ class TrainParams:
     n_folds: int = 5
     seed: int = 42                         # training noise: initial weights, batch order, augmentation
     fold_seed: int = 42                    # the person-level fold split (and the max_images subset): keep it to compare runs
+    split: str = "person"                  # person (folds of persons) | image (folds of images: persons leak, for comparison only)
+    pseudo_labels: str = ""                # CSV of eval images (ImageID, label) added to the training rows of every fold
     label_fix: str = "none"                # none | common | extended | winner (training labels only)
     model: str = "mobilenetv3_small_100"   # any timm model name
     pretrained: bool = True                # timm's pretrained weights (downloads unless weights_path is set)
@@ -141,7 +143,7 @@ def make_params(params=None, **overrides) -> TrainParams:
     _choice("optimizer", p.optimizer, list_optimizers())
     for name, choices in (("scheduler", SCHEDULERS), ("head", HEADS), ("sampler", SAMPLERS), ("class_weights", CLASS_WEIGHTS),
                           ("augment", AUGMENT_PRESETS), ("label_fix", LABEL_FIX_NAMES), ("crop", CROPS),
-                          ("face_detector", FACE_DETECTORS), ("crop_aspect", CROP_ASPECTS)):
+                          ("face_detector", FACE_DETECTORS), ("crop_aspect", CROP_ASPECTS), ("split", ("person", "image"))):
         _choice(name, getattr(p, name), choices)
     if not -1 <= p.fold < p.n_folds:
         raise ValueError(f"fold={p.fold} must be in -1..{p.n_folds - 1} (n_folds={p.n_folds}); -1 trains on all persons")
@@ -489,6 +491,7 @@ def _record_start(f: Fit):
     f.run.write_params(dict(params=asdict(p), label_fix=d.label_fix, crop=d.crop, distillation=f.teacher.record if f.teacher else None,
                             classes=d.classes, world_size=f.world, device=str(f.device), n_train_images=len(d.train_rows),
                             n_val_images=len(d.val_rows), n_persons=int(d.table.person_id.nunique()), ignored=d.ignored,
+                            n_pseudo_images=int((d.table.fold.to_numpy()[d.train_rows] == -2).sum()) if "fold" in d.table else 0,
                             versions=dict(torch=torch.__version__, timm=timm.__version__, albumentations=albumentations.__version__,
                                           python=platform.python_version())))
     f.writer = SummaryWriter(str(f.run.events_dir))
@@ -509,6 +512,8 @@ def _report_ignored(p: TrainParams, data: FoldData):
                  eval_files="file(s) in eval/images not in info.csv")
     what = [f"{n} {names.get(k, k)}" for k, n in data.ignored.items() if n]
     if what: print(f"note: {resolve_path(p.data_dir)}: ignored {', '.join(what)} (mask-pstage-validate lists them)", flush=True)
+    if p.pseudo_labels: print(f"note: {int((data.table.fold == -2).sum())} pseudo-labelled eval images from {p.pseudo_labels} "
+                              "join the training rows (never validation)", flush=True)
 
 def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
     "Everything before the first epoch: the run folder checked, data, model, loss, loader, optimizer, resume state, logs."
