@@ -11,7 +11,7 @@ from .core import decode_label, read_train, resolve_path, write_csv
 from .persons import group_persons, grouping_scores
 
 # %% auto #0
-__all__ = ['attribute_accuracy', 'pipeline_table', 'bench_table', 'eval_persons', 'grouping_table']
+__all__ = ['attribute_accuracy', 'pipeline_table', 'search_table', 'bench_table', 'eval_persons', 'grouping_table']
 
 # %% ../nbs/08_real_faces.ipynb #cfd5bf44
 def attribute_accuracy(submission, truth) -> dict:
@@ -34,7 +34,34 @@ def pipeline_table(root) -> pd.DataFrame:
                    eval_macro_f1=(s.get("submission_score") or {}).get("all"), eval_minus_cv=s.get("eval_minus_cv"))
         if truth.exists() and (run / "ensemble" / "submission.csv").exists():
             row.update(attribute_accuracy(run / "ensemble" / "submission.csv", truth))
-        rows.append(row)
+        rows.append(dict(row, variant="folds"))
+        # the further submissions of the same run: trained on all persons, alone and with the folds; the pseudo-label round
+        for variant, folder, cv in [("train_all", "ensemble_all", None), ("folds+train_all", "ensemble_folds_all", None),
+                                    ("pseudo round 2", "ensemble_pseudo", (s.get("pseudo") or {}).get("cv_round2"))]:
+            ens = run / folder / "ensemble.json"
+            if not ens.exists(): continue
+            score = (json.loads(ens.read_text()).get("score") or {}).get("all")
+            extra = dict(row, variant=variant, cv_macro_f1=cv, eval_macro_f1=score,
+                         eval_minus_cv=round(score - cv, 4) if cv is not None and score is not None else None)
+            if truth.exists(): extra.update(attribute_accuracy(run / folder / "submission.csv", truth))
+            rows.append(extra)
+    cols = ["data", "run", "variant", "preset", "folds", "params", "seconds", "cv_macro_f1", "eval_macro_f1", "eval_minus_cv"]
+    df = pd.DataFrame(rows)
+    return df[[c for c in cols if c in df] + [c for c in df if c not in cols]] if len(df) else df
+
+def search_table(root) -> pd.DataFrame:
+    "Every Optuna study under `root` (nbs/09_search.ipynb): its data, trials (complete / pruned), best fold macro F1 and parameters."
+    rows = []
+    for f in sorted(resolve_path(root).rglob("trials.csv")):
+        t, info = pd.read_csv(f), json.loads((f.parent / "search.json").read_text()) if (f.parent / "search.json").exists() else {}
+        done = t[t.state == "COMPLETE"]
+        if not len(done): continue
+        best = done.loc[done.macro_f1.idxmax()]
+        params = {k: best[k] for k in (info.get("space") or {}) if k in best}
+        rows.append(dict(data=Path(info.get("data_dir", "?")).name, study=str(f.parent.relative_to(resolve_path(root))), trials=len(t),
+                         complete=len(done), pruned=int((t.state == "PRUNED").sum()), best_trial=int(best.number),
+                         best_fold_f1=round(float(best.macro_f1), 4), seconds=round(float(t.wall_seconds.sum()), 1),
+                         best_params=" ".join(f"{k}={v}" for k, v in params.items())))
     return pd.DataFrame(rows)
 
 # %% ../nbs/08_real_faces.ipynb #f613ad5a

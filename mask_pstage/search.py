@@ -19,14 +19,14 @@ __all__ = ['SPACES', 'PRUNERS', 'OBJECTIVES', 'load_space', 'suggest', 'check_sp
 SPACES = dict(
     cpu=dict(
         optimizer={"choice": ["sgd", "adamw"]},
-        lr={"float": [1e-3, 0.1], "log": True},
+        lr_sgd={"float": [0.01, 0.1], "log": True, "param": "lr", "if": {"optimizer": "sgd"}},
+        lr_adamw={"float": [3e-4, 3e-3], "log": True, "param": "lr", "if": {"optimizer": "adamw"}},
         weight_decay={"float": [1e-5, 0.05], "log": True},
         augment={"choice": ["light", "base", "strong"]},
         loss={"choice": ["ce", "label_smoothing"]},
         head={"choice": ["single", "multitask", "age"]},
-        crop_margin={"float": [0.2, 1.0]},
+        crop_margin={"float": [0.3, 1.0]},
         img_size={"choice": ["96x72", "128x96"]},
-        strip_cutmix={"choice": [0.0, 0.3]},
         ema={"choice": [False, True]},
     ),
     lightweight=dict(
@@ -35,7 +35,8 @@ SPACES = dict(
         img_size={"choice": ["64x48", "96x72", "128x96", "160x120"]},
         lr={"float": [3e-3, 0.1], "log": True},
     ),
-    tiny=dict(lr={"float": [0.01, 0.2], "log": True}, optimizer={"choice": ["sgd", "adamw"]}),
+    tiny=dict(optimizer={"choice": ["sgd", "adamw"]}, lr={"float": [0.01, 0.2], "log": True, "if": {"optimizer": "sgd"}},
+              lr_adamw={"float": [1e-3, 1e-2], "log": True, "param": "lr", "if": {"optimizer": "adamw"}}),
 )
 
 def load_space(space) -> dict:
@@ -58,6 +59,8 @@ def load_space(space) -> dict:
         kinds = [k for k in ("float", "int", "choice") if k in (spec if isinstance(spec, dict) else {})]
         if len(kinds) != 1:
             raise ValueError(f"space: {name}: give exactly one of float, int or choice, e.g. {{\"float\": [0.001, 0.1], \"log\": true}}")
+        if not isinstance(spec.get("if", {}), dict):
+            raise ValueError(f"space: {name}: \"if\" needs a mapping, e.g. {{\"optimizer\": \"sgd\"}}")
         vals = spec[kinds[0]]
         if kinds[0] == "choice" and (not isinstance(vals, list) or not vals):
             raise ValueError(f"space: {name}: choice needs a non-empty list")
@@ -69,9 +72,11 @@ def suggest(trial, space: dict) -> dict:
     "The trial's training parameters drawn from `space`."
     out = {}
     for name, spec in space.items():
-        if "choice" in spec: out[name] = trial.suggest_categorical(name, spec["choice"])
-        elif "float" in spec: out[name] = trial.suggest_float(name, *spec["float"], log=bool(spec.get("log", False)))
-        else: out[name] = trial.suggest_int(name, *spec["int"], step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
+        if any(out.get(k) != v for k, v in spec.get("if", {}).items()): continue  # its condition does not hold: not drawn
+        if "choice" in spec: value = trial.suggest_categorical(name, spec["choice"])
+        elif "float" in spec: value = trial.suggest_float(name, *spec["float"], log=bool(spec.get("log", False)))
+        else: value = trial.suggest_int(name, *spec["int"], step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
+        out[spec.get("param", name)] = value
     return out
 
 def check_space(space: dict, base: dict):
@@ -79,7 +84,7 @@ def check_space(space: dict, base: dict):
     for name, spec in space.items():
         values = spec.get("choice") or spec.get("float") or spec.get("int")
         for v in values:
-            try: make_params({**base, name: v})
+            try: make_params({**base, spec.get("param", name): v})
             except ValueError as e: raise ValueError(f"space: {name}={v!r} is not a valid training parameter: {e}") from None
 
 # %% ../nbs/09a_search.ipynb #s9a00009
