@@ -147,6 +147,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'mask_pstage.persons.pool_person_probs': ('persons.html#pool_person_probs', 'mask_pstage/persons.py'),
                                      'mask_pstage.persons.refine_moves': ('persons.html#refine_moves', 'mask_pstage/persons.py')},
             'mask_pstage.pipeline': { 'mask_pstage.pipeline.PipelineError': ('pipeline.html#pipelineerror', 'mask_pstage/pipeline.py'),
+                                      'mask_pstage.pipeline._confident': ('pipeline.html#_confident', 'mask_pstage/pipeline.py'),
                                       'mask_pstage.pipeline._kv': ('pipeline.html#_kv', 'mask_pstage/pipeline.py'),
                                       'mask_pstage.pipeline._marker': ('pipeline.html#_marker', 'mask_pstage/pipeline.py'),
                                       'mask_pstage.pipeline._record_step': ('pipeline.html#_record_step', 'mask_pstage/pipeline.py'),

@@ -106,9 +106,14 @@ def run_pipeline(data_dir, run_dir, n_folds: int | None = None, train: dict | No
         run_step(run, "05_ensemble_all", "05_ensemble.ipynb", ens(str(run / "train_all"), "ensemble_all"), force, log)
         run_step(run, "05_ensemble_folds_all", "05_ensemble.ipynb", ens(f"{runs};{run / 'train_all'}", "ensemble_folds_all"), force, log)
     if pseudo_threshold:
-        pseudo = make_pseudo_labels(run / "ensemble" / "test_probs.csv", pseudo_threshold, run / "pseudo", data_dir)
+        from mask_pstage.analysis import load_oof
+        from mask_pstage.runs import find_runs
+        pseudo = make_pseudo_labels(run / "ensemble" / "test_probs.csv", pseudo_threshold, run / "pseudo", data_dir,
+                                    oof=load_oof(find_runs(runs)))
         log(f"[pseudo] {pseudo['kept']} of {pseudo['images']} eval images at threshold {pseudo_threshold}"
-            + (f", {pseudo['precision']:.3f} of them right (eval truth)" if "precision" in pseudo else ""))
+            + (f"; out of fold {pseudo['oof_kept_share']:.1%} pass it, {pseudo['oof_precision']:.3f} of them right"
+               if pseudo.get("oof_precision") is not None else "")
+            + (f"; {pseudo['precision']:.3f} of the eval ones right (eval truth)" if "precision" in pseudo else ""))
         for fold in range(n_folds):
             run_step(run, f"03_train_pseudo_fold{fold}", "03_train.ipynb", dict(train, data_dir=data_dir, n_folds=n_folds, fold=fold,
                      pseudo_labels=pseudo["file"], out_dir=str(run / "train_pseudo" / f"fold{fold}"), resume=True), force, log)
@@ -139,26 +144,35 @@ def selected_epochs(train_dir) -> int:
     if not best: raise PipelineError(f"no finished fold run in {train_dir} to take the epoch count from")
     return int(round(float(np.median(best))))
 
-def make_pseudo_labels(test_probs, threshold: float, out_dir, data_dir) -> dict:
-    """pseudo_labels.csv in `out_dir`: the eval images whose mask, gender and age-band probabilities in `test_probs` (an
-    ensemble's test_probs.csv) all reach `threshold`, labelled with their most probable class; pseudo.json records how
-    many (per attribute too) and, when the data has eval_truth.csv, how many are right: that is for reporting only."""
-    import numpy as np, pandas as pd
-    from mask_pstage.core import PROB_COLUMNS, decode_label, encode_label, write_csv
-    if not 0 < threshold < 1: raise ValueError(f"pseudo_threshold={threshold} must be between 0 and 1 (e.g. 0.9)")
-    test = pd.read_csv(test_probs)
-    probs = test[PROB_COLUMNS].to_numpy()
+def _confident(probs, threshold: float):
+    "(keep, label, per-attribute confidence): rows whose mask, gender and age-band probabilities all reach `threshold`."
+    import numpy as np
+    from mask_pstage.core import PROB_COLUMNS, decode_label, encode_label
     attrs = decode_label(np.arange(len(PROB_COLUMNS)))
     margs = [np.stack([probs[:, idx == j].sum(1) for j in range(k)], 1) for idx, k in zip(attrs, (3, 2, 3))]
     conf = np.stack([m.max(1) for m in margs], 1)
-    keep = (conf >= threshold).all(1)
-    label = encode_label(*(m.argmax(1) for m in margs))
+    return (conf >= threshold).all(1), encode_label(*(m.argmax(1) for m in margs)), conf
+
+def make_pseudo_labels(test_probs, threshold: float, out_dir, data_dir, oof=None) -> dict:
+    """pseudo_labels.csv in `out_dir`: the eval images whose mask, gender and age-band probabilities in `test_probs` (an
+    ensemble's test_probs.csv) all reach `threshold`, labelled with their most probable class; pseudo.json records how
+    many (per attribute too), how many of the out-of-fold predictions `oof` (a DataFrame with labels) pass the same
+    threshold and how many of those are right (the estimate to choose a threshold by), and, when the data has
+    eval_truth.csv, how many pseudo-labels are right: that is for reporting only."""
+    import pandas as pd
+    from mask_pstage.core import PROB_COLUMNS, decode_label, write_csv
+    if not 0 < threshold < 1: raise ValueError(f"pseudo_threshold={threshold} must be between 0 and 1 (e.g. 0.9)")
+    test = pd.read_csv(test_probs)
+    keep, label, conf = _confident(test[PROB_COLUMNS].to_numpy(), threshold)
     out = resolve_path(out_dir); out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(dict(ImageID=test.ImageID, label=label, conf_mask=conf[:, 0], conf_gender=conf[:, 1], conf_age=conf[:, 2]))
     write_csv(table[keep], out / "pseudo_labels.csv", float_format="%.4f")
     record = dict(file=str(out / "pseudo_labels.csv"), source=str(test_probs), threshold=threshold, images=len(test), kept=int(keep.sum()),
                   confident=dict(mask=int((conf[:, 0] >= threshold).sum()), gender=int((conf[:, 1] >= threshold).sum()),
                                  age=int((conf[:, 2] >= threshold).sum())))
+    if oof is not None and len(oof):
+        k, lab, _ = _confident(oof[PROB_COLUMNS].to_numpy(), threshold)
+        record.update(oof_kept_share=float(k.mean()), oof_precision=float((lab[k] == oof.label.to_numpy()[k]).mean()) if k.any() else None)
     truth_path = resolve_path(data_dir) / "eval_truth.csv"
     if truth_path.exists() and keep.any():
         from mask_pstage.submission import read_truth
@@ -232,6 +246,7 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
         summary["pseudo"] = dict(pr, cv_round2=e2.get("oof_macro_f1"), eval_round2=(e2.get("score") or {}).get("all"))
         lines.append(f"- pseudo-labels (threshold {pr['threshold']}): {pr['kept']} of {pr['images']} eval images"
                      + (f" ({pr['precision']:.3f} right by the eval truth)" if "precision" in pr else "")
+                     + (f"; out of fold, {pr['oof_precision']:.3f} right at this threshold" if pr.get("oof_precision") is not None else "")
                      + f"; second round CV {fmt(e2.get('oof_macro_f1'))}, eval score {fmt(summary['pseudo']['eval_round2'])} "
                      f"(first round: CV {fmt(summary['cv_macro_f1'])}, eval {fmt((summary['submission_score'] or {}).get('all'))})")
     if seconds:
