@@ -196,6 +196,7 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
     analysis = json.loads((run / "analysis" / "summary.json").read_text())
     ensemble = json.loads((run / "ensemble" / "ensemble.json").read_text())
     folds = pd.read_csv(run / "ensemble" / "leaderboard.csv").sort_values("run")
+    folds = folds[folds.run.str.startswith("train/")]  # the fold runs (not image_split/, train_all/, train_pseudo/)
     cols = ["run", "model", "img_size", "macro_f1", "f1_mask", "f1_gender", "f1_age", "wall_seconds"]
     summary = dict(fold_macro_f1_mean=analysis["fold_macro_f1_mean"], fold_macro_f1_std=analysis["fold_macro_f1_std"],
                    oof_macro_f1=analysis.get("oof_macro_f1"), ensemble_oof_macro_f1=ensemble.get("oof_macro_f1"),
