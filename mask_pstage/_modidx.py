@@ -257,6 +257,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_pstage.runs.all_runs': ('runs.html#all_runs', 'mask_pstage/runs.py'),
                                   'mask_pstage.runs.find_runs': ('runs.html#find_runs', 'mask_pstage/runs.py')},
             'mask_pstage.search': { 'mask_pstage.search._kv': ('search.html#_kv', 'mask_pstage/search.py'),
+                                    'mask_pstage.search.base_trial': ('search.html#base_trial', 'mask_pstage/search.py'),
                                     'mask_pstage.search.best_params': ('search.html#best_params', 'mask_pstage/search.py'),
                                     'mask_pstage.search.check_space': ('search.html#check_space', 'mask_pstage/search.py'),
                                     'mask_pstage.search.load_space': ('search.html#load_space', 'mask_pstage/search.py'),

@@ -12,8 +12,9 @@ from .core import atomic_path, in_notebook, resolve_path, save_figure, write_csv
 from .training import make_params, train
 
 # %% auto #0
-__all__ = ['SPACES', 'PRUNERS', 'OBJECTIVES', 'load_space', 'suggest', 'check_space', 'study_storage', 'make_pruner',
-           'open_study', 'trial_objective', 'run_search', 'trials_table', 'best_params', 'save_study_plots', 'main']
+__all__ = ['SPACES', 'PRUNERS', 'OBJECTIVES', 'load_space', 'suggest', 'base_trial', 'check_space', 'study_storage',
+           'make_pruner', 'open_study', 'trial_objective', 'run_search', 'trials_table', 'best_params',
+           'save_study_plots', 'main']
 
 # %% ../nbs/09a_search.ipynb #s9a00006
 SPACES = dict(
@@ -77,6 +78,21 @@ def suggest(trial, space: dict) -> dict:
         elif "float" in spec: value = trial.suggest_float(name, *spec["float"], log=bool(spec.get("log", False)))
         else: value = trial.suggest_int(name, *spec["int"], step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
         out[spec.get("param", name)] = value
+    return out
+
+def base_trial(space: dict, base: dict) -> dict:
+    """The space's draws that reproduce the `base` parameters, where the space can (e.g. the preset itself): enqueued as
+    the first trial of a new study, so the search starts from the recipe it should beat and the pruner has a sound reference."""
+    out, given = {}, {}
+    for name, spec in space.items():
+        param = spec.get("param", name)
+        if param not in base or any(given.get(k) != v for k, v in spec.get("if", {}).items()): continue
+        v = base[param]
+        if "choice" in spec:
+            if v not in spec["choice"]: continue
+        elif not (isinstance(v, (int, float)) and spec.get("float", spec.get("int"))[0] <= v <= spec.get("float", spec.get("int"))[1]):
+            continue
+        out[name], given[param] = v, v
     return out
 
 def check_space(space: dict, base: dict):
@@ -143,9 +159,10 @@ def trial_objective(run, base: dict, space: dict, objective: str = "f1", worker:
 
 def run_search(data_dir, run_dir, n_trials: int = 20, base: dict | None = None, space="cpu", objective: str = "f1",
                storage: str = "", name: str = "search", pruner: str = "median", seed: int = 0, worker: int = 0,
-               timeout: float = 0, log=print):
+               timeout: float = 0, log=print, start_from_base: bool = True):
     """Work on the study of `run_dir` until it holds `n_trials` trials (or `timeout` seconds pass): any number of workers may
-    run this at once on the same storage. `base` holds the training parameters every trial shares (data, fold, epochs...)."""
+    run this at once on the same storage. `base` holds the training parameters every trial shares (data, fold, epochs...).
+    A new study's first trial is `base` itself where the space can express it (`start_from_base`)."""
     from optuna.study import MaxTrialsCallback
     run = resolve_path(run_dir)
     base = dict(base or {}, data_dir=str(resolve_path(data_dir)), resume=False, overwrite=False)
@@ -158,7 +175,9 @@ def run_search(data_dir, run_dir, n_trials: int = 20, base: dict | None = None, 
     with atomic_path(run / "search.json") as tmp:
         tmp.write_text(json.dumps(dict(data_dir=base["data_dir"], base=base, space=space, objective=objective, pruner=pruner,
                                        storage=storage or str(run / "study.journal"), study=name, n_trials=n_trials), indent=1))
-    left = n_trials - len(study.trials)
+    if not study.trials and start_from_base and base_trial(space, base):
+        study.enqueue_trial(base_trial(space, base), skip_if_exists=True)
+    left = n_trials - len([t for t in study.trials if t.state.name != "WAITING"])  # an enqueued trial is still to run
     log(f"study {name!r}: {len(study.trials)} trial(s) so far, {max(left, 0)} to go (worker {worker})")
     if left > 0:
         study.optimize(trial_objective(run, base, space, objective, worker), n_trials=left, timeout=timeout or None,
