@@ -46,10 +46,10 @@ train: data
 	$(BIN)/papermill nbs/03_train.ipynb $(RUN)/03_train_fold$(FOLD).ipynb -p data_dir $(DATA) -p out_dir $(RUN)/train/fold$(FOLD) \
 	  -p fold $(FOLD) -p pretrained false -p epochs $(EPOCHS) -p resume true --log-level WARNING --engine mask_pstage
 
-# the whole pipeline (EDA, K folds, error analysis, ensemble, submission, score) on the demo data
+# the whole pipeline (EDA, face crops, K folds, error analysis, ensemble, submission, score) on the demo data, with the
+# cpu preset's recipe (from scratch: nothing is downloaded); FOLDS=5 or TRAIN="--train epochs=12" override it
 demo: data
-	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --folds $(or $(FOLDS),5) \
-	  --train pretrained=false --train epochs=$(EPOCHS) --train crop=face
+	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --preset cpu $(if $(FOLDS),--folds $(FOLDS)) $(TRAIN)
 
 # the same pipeline on real data, e.g. make pipeline DATA=data/competition RUN=outputs/exp1 PRESET=cpu
 # (PRESET=cpu|gpu picks a recipe; TRAIN="--train model=resnet18" and FOLDS=5 override it)
