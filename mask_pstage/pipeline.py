@@ -50,12 +50,12 @@ __all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_
 
 # %% ../nbs/07_pipeline.ipynb #09e68698
 PRESETS = dict(
-    # chosen by the Optuna study outputs/real/search_utk (nbs/09_search.ipynb, 21 trials on utk_dev fold 0 of 3): the best
-    # trial whose three folds fit the 10-minute budget of a 2-core CPU with face detection (trial 11, fold F1 0.252; the
-    # best trial, 19, scored 0.309 at 128x96 but needs about 14 minutes, and its recipe at 96x72 was pruned at epoch 3)
-    cpu=dict(folds=3, train=dict(model="mobilenetv3_small_100", pretrained=False, img_size="96x72", crop="face", crop_margin=0.49,
-                                 epochs=8, optimizer="sgd", lr=0.029, weight_decay=0.0022, scheduler="cosine", augment="light",
-                                 loss="ce", head="age", ema=False),
+    # measured on utk_dev (nbs/08_real_faces.ipynb): CV 0.270, eval 0.256, 14 minutes on 2 cores with face detection. The
+    # Optuna study outputs/real/search_utk (21 trials, fold 0 of 3) found 0.309 at 128x96 (trial 19: lr 0.064, wd 3e-5,
+    # margin 0.99; its 3 folds not yet measured) and, within a 10-minute budget, only 96x72 recipes (trial 11, fold F1
+    # 0.252), which as a preset scored CV 0.255 and eval 0.209 in 11.2 minutes: worse and still over budget, so not taken
+    cpu=dict(folds=3, train=dict(model="mobilenetv3_small_100", pretrained=False, img_size="128x96", crop="face", crop_margin=0.8,
+                                 epochs=8, optimizer="sgd", lr=0.03, scheduler="cosine", augment="base", head="single"),
              ensemble=dict()),
     gpu=dict(folds=5, train=dict(model="efficientnet_b0", pretrained=True, img_size="256x192", crop="face", epochs=10,
                                  optimizer="adamw", lr=3e-4, weight_decay=0.01, scheduler="cosine", warmup_epochs=1,
