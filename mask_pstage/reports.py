@@ -57,7 +57,7 @@ def search_table(root) -> pd.DataFrame:
         done = t[t.state == "COMPLETE"]
         if not len(done): continue
         best = done.loc[done.macro_f1.idxmax()]
-        params = {k: best[k] for k in (info.get("space") or {}) if k in best}
+        params = {k: best[k] for k in (info.get("space") or {}) if k in best and best[k] == best[k]}  # drawn ones (not NaN)
         rows.append(dict(data=Path(info.get("data_dir", "?")).name, study=str(f.parent.relative_to(resolve_path(root))), trials=len(t),
                          complete=len(done), pruned=int((t.state == "PRUNED").sum()), best_trial=int(best.number),
                          best_fold_f1=round(float(best.macro_f1), 4), seconds=round(float(t.wall_seconds.sum()), 1),
