@@ -231,16 +231,9 @@ def save_study_plots(study, out) -> dict:
     return saved
 
 # %% ../nbs/09a_search.ipynb #s9a00015
-def _kv(items) -> dict:
-    out = {}
-    for it in items or []:
-        if "=" not in it: raise SystemExit(f"error: expected key=value, got {it!r}")
-        k, v = it.split("=", 1); out[k] = v
-    return out
-
 def main(argv=None):
     "Start or join an Optuna study of training parameters (one fold per trial)."
-    from mask_pstage.pipeline import preset_params
+    from mask_pstage.pipeline import preset_params, _kv  # the pipeline's KEY=VALUE parsing, shared
     ap = argparse.ArgumentParser(prog="mask-pstage-search", description=main.__doc__)
     ap.add_argument("--data", required=True, help="dataset in the competition layout (or class folders)")
     ap.add_argument("--run", required=True, help="run folder of the study: trials/, study.journal, trials.csv, plots")
