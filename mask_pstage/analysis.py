@@ -15,9 +15,9 @@ from .core import (AGE_BANDS, GENDERS, MASKS, N_CLASSES, PROB_COLUMNS, class_nam
 from .runs import Run, find_runs
 
 # %% auto #0
-__all__ = ['NOISE_FIELDS', 'load_oof', 'fold_table', 'covers_all_persons', 'confusion_plots', 'per_class_table',
-           'age_error_table', 'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection', 'split_comparison',
-           'run_analysis']
+__all__ = ['NOISE_FIELDS', 'load_oof', 'fold_table', 'validated_share', 'covers_all_persons', 'confusion_plots',
+           'per_class_table', 'age_error_table', 'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection',
+           'split_comparison', 'run_analysis']
 
 # %% ../nbs/04_error_analysis.ipynb #5782f121
 def load_oof(runs: list[Run]) -> pd.DataFrame:
@@ -31,12 +31,21 @@ def fold_table(runs: list[Run]) -> pd.DataFrame:
     keys = ("fold", "macro_f1", "accuracy", "f1_mask", "f1_gender", "f1_age", "best_epoch", "n_val_images")
     return pd.DataFrame([dict(run=r.name, **{k: r.metrics.get(k) for k in keys}) for r in runs])
 
+def validated_share(runs: list[Run], oof: pd.DataFrame) -> float | None:
+    """The share of training persons the runs validated on, when their validation folds are disjoint folds of persons of one
+    split (each person in at most one run's fold, every image once): 1.0 for a full K-fold, k/K for k of its folds (an
+    out-of-fold estimate on those persons); None when the folds overlap, differ in split or are subsampled."""
+    p = runs[0].params
+    if p.get("max_images") or p.get("split", "person") != "person": return None
+    if any((r.params.get("n_folds"), r.params.get("split", "person")) != (p.get("n_folds"), "person") for r in runs): return None
+    if oof.groupby("person_id").run.nunique().max() != 1 or oof.path.duplicated().any(): return None
+    persons = set(read_train(p["data_dir"]).person_id)
+    if not set(oof.person_id) <= persons: return None
+    return len(set(oof.person_id)) / len(persons)
+
 def covers_all_persons(runs: list[Run], oof: pd.DataFrame) -> bool:
     "True when the runs' validation folds together hold every training person exactly once (a full K-fold)."
-    p = runs[0].params
-    if p.get("max_images"): return False
-    persons = read_train(p["data_dir"]).person_id
-    return oof.groupby("person_id").run.nunique().max() == 1 and set(oof.person_id) == set(persons) and not oof.path.duplicated().any()
+    return validated_share(runs, oof) == 1.0
 
 # %% ../nbs/04_error_analysis.ipynb #def515a0
 def confusion_plots(y_true, y_pred):
@@ -171,12 +180,14 @@ def run_analysis(runs, out_dir="", gallery_size: int = 18, noise_manifest="", im
     out = resolve_path(out_dir) if out_dir else runs[0].path.parent / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     oof, folds = load_oof(runs), fold_table(runs)
-    full = covers_all_persons(runs, oof)
+    share = validated_share(runs, oof)
+    full = share == 1.0
     summary = dict(runs=[str(r) for r in runs], fold_macro_f1_mean=float(folds.macro_f1.mean()),
                    fold_macro_f1_std=float(folds.macro_f1.std(ddof=0)))
-    if full:
+    if share:  # a full K-fold, or k of its folds: the out-of-fold score of the persons validated on
         m = classification_metrics(oof.label, oof[PROB_COLUMNS].to_numpy())
-        summary.update(oof_macro_f1=m["macro_f1"], oof_f1_mask=m["f1_mask"], oof_f1_gender=m["f1_gender"], oof_f1_age=m["f1_age"])
+        summary.update(oof_macro_f1=m["macro_f1"], oof_f1_mask=m["f1_mask"], oof_f1_gender=m["f1_gender"], oof_f1_age=m["f1_age"],
+                       oof_persons_share=share)
     per_class = per_class_table(oof.label, oof.pred)
     write_csv(per_class, out / "per_class.csv")
     suspects = noise_suspects(oof)

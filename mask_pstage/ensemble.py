@@ -12,7 +12,7 @@ from .core import N_CLASSES, PROB_COLUMNS, classification_metrics, resolve_path,
 from .runs import Run, find_runs, all_runs
 from .models import input_norm, predict
 from .submission import write_submission, score
-from .analysis import covers_all_persons
+from .analysis import validated_share
 from .persons import POOLINGS, group_persons, grouping_scores, pool_person_probs
 
 METHODS = ("soft", "hard", "weighted")
@@ -90,16 +90,18 @@ def leaderboard(root="outputs") -> pd.DataFrame:
 
 # %% ../nbs/05_ensemble.ipynb #3aafd99f
 def _oof_report(models, preds, method, weights, pooling: str = "none") -> dict:
-    """Out-of-fold macro F1 of each model and of their combination, when every model's folds cover every person; with
-    `pooling`, also after pooling over the persons found by `group_persons` in each fold (person ids hidden from it),
-    and how well those groups match the true persons."""
-    if not all(o is not None for o, _ in preds) or not all(covers_all_persons(m, o) for m, (o, _) in zip(models, preds)):
-        print("the runs do not cover every person once: no ensemble out-of-fold score")
+    """Out-of-fold macro F1 of each model and of their combination, when every model's folds validate each person at most
+    once (all K folds, or the same k of them: `oof_persons_share` says which share of the persons); with `pooling`, also after
+    pooling over the persons found by `group_persons` in each fold (person ids hidden from it), and how well those groups
+    match the true persons."""
+    shares = [validated_share(m, o) if o is not None else None for m, (o, _) in zip(models, preds)]
+    if not all(shares):
+        print("the runs' folds overlap or are subsampled: no ensemble out-of-fold score")
         return {}
     paths = preds[0][0].path.to_numpy()
     if not all((o.path.to_numpy() == paths).all() for o, _ in preds): raise ValueError("the models were validated on different images")
     report = {f"oof_macro_f1_model{i}": classification_metrics(o.label, o[PROB_COLUMNS].to_numpy())["macro_f1"]
-              for i, (o, _) in enumerate(preds)}
+              for i, (o, _) in enumerate(preds)} | dict(oof_persons_share=shares[0])
     oof, probs = preds[0][0], combine([o[PROB_COLUMNS].to_numpy() for o, _ in preds], method, weights)
     if pooling != "none":
         report["oof_macro_f1_unpooled"] = classification_metrics(oof.label, probs)["macro_f1"]

@@ -29,7 +29,8 @@ def pipeline_table(root) -> pd.DataFrame:
         if not s.get("recipe"): continue
         r, truth = s["recipe"], Path(s["recipe"]["data_dir"]) / "eval_truth.csv"
         row = dict(data=Path(r["data_dir"]).name, run=str(run.relative_to(resolve_path(root))), preset=r["preset"] or "-",
-                   folds=r["folds"], params=" ".join(f"{k}={v}" for k, v in {**r["train"], **r["ensemble"]}.items()),
+                   folds=r["folds"], trained_folds=r.get("train_folds", r["folds"]),
+                   params=" ".join(f"{k}={v}" for k, v in {**r["train"], **r["ensemble"]}.items()),
                    seconds=s.get("steps_seconds"), cv_macro_f1=s.get("cv_macro_f1"),
                    eval_macro_f1=(s.get("submission_score") or {}).get("all"), eval_minus_cv=s.get("eval_minus_cv"))
         if truth.exists() and (run / "ensemble" / "submission.csv").exists():
@@ -45,7 +46,8 @@ def pipeline_table(root) -> pd.DataFrame:
                          eval_minus_cv=round(score - cv, 4) if cv is not None and score is not None else None)
             if truth.exists(): extra.update(attribute_accuracy(run / folder / "submission.csv", truth))
             rows.append(extra)
-    cols = ["data", "run", "variant", "preset", "folds", "params", "seconds", "cv_macro_f1", "eval_macro_f1", "eval_minus_cv"]
+    cols = ["data", "run", "variant", "preset", "folds", "trained_folds", "params", "seconds", "cv_macro_f1", "eval_macro_f1",
+            "eval_minus_cv"]
     df = pd.DataFrame(rows)
     return df[[c for c in cols if c in df] + [c for c in df if c not in cols]] if len(df) else df
 
