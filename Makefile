@@ -48,15 +48,17 @@ train: data
 
 # the whole pipeline (EDA, face crops, K folds, error analysis, ensemble, submission, score) on the demo data, with the
 # cpu preset's recipe (from scratch: nothing is downloaded) for DEMO_EPOCHS epochs: the demo set's 300 persons give
-# 22 updates an epoch, too few for the preset's 8 epochs; FOLDS=5 or TRAIN="--train lr=0.05" override it
+# 26 updates an epoch, too few for the preset's 12 epochs; FOLDS=5 TRAIN_FOLDS=5 or TRAIN="--train lr=0.05" override it
 DEMO_EPOCHS ?= 16
 demo: data
-	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --preset cpu --train epochs=$(DEMO_EPOCHS) $(if $(FOLDS),--folds $(FOLDS)) $(TRAIN)
+	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) --preset cpu --train epochs=$(DEMO_EPOCHS) $(if $(FOLDS),--folds $(FOLDS)) \
+	  $(if $(TRAIN_FOLDS),--train-folds $(TRAIN_FOLDS)) $(TRAIN)
 
 # the same pipeline on real data, e.g. make pipeline DATA=data/competition RUN=outputs/exp1 PRESET=cpu
-# (PRESET=cpu|gpu picks a recipe; TRAIN="--train model=resnet18" and FOLDS=5 override it)
+# (PRESET=cpu|gpu picks a recipe; TRAIN="--train model=resnet18", FOLDS=5 and TRAIN_FOLDS=2 (train 2 of the folds) override it)
 pipeline: install
-	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) $(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET)) $(TRAIN)
+	$(BIN)/python -m mask_pstage.pipeline --data $(DATA) --run $(RUN) $(if $(FOLDS),--folds $(FOLDS)) $(if $(TRAIN_FOLDS),--train-folds $(TRAIN_FOLDS)) \
+	  $(if $(PRESET),--preset $(PRESET)) $(TRAIN)
 
 # the lightweight-model job notebook on the demo data: accounting, score, distillation, pruning, input sizes
 lightweight: data

@@ -132,15 +132,18 @@ def run_ensemble(runs, method: str = "soft", weights: str = "", tta: bool = Fals
     report.update(_oof_report(models, preds, method, w, person_pooling))
     order = preds[0][1].ImageID
     test_probs = combine([t.set_index("ImageID").loc[order][PROB_COLUMNS].to_numpy() for _, t in preds], method, w)
+    as_table = lambda probs: pd.concat([order.reset_index(drop=True), pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
+    truth_path = resolve_path(truth) if truth else resolve_path(data_dir) / "eval_truth.csv"
     if person_pooling != "none":
         eval_dir = resolve_path(data_dir) / "eval" / "images"
         groups = group_persons([eval_dir / i for i in order])
         report["eval_groups"] = int(groups.max() + 1)
+        write_submission(as_table(test_probs), data_dir, out / "submission_unpooled.csv")  # the same models without pooling
+        if truth_path.exists(): report["score_unpooled"] = score(out / "submission_unpooled.csv", truth_path)
         test_probs = pool_person_probs(test_probs, groups, person_pooling)
-    test = pd.concat([order.reset_index(drop=True), pd.DataFrame(test_probs, columns=PROB_COLUMNS)], axis=1)
+    test = as_table(test_probs)
     write_csv(test, out / "test_probs.csv", float_format="%.6f")
     write_submission(test, data_dir, out / "submission.csv")
-    truth_path = resolve_path(truth) if truth else resolve_path(data_dir) / "eval_truth.csv"
     if truth_path.exists(): report["score"] = score(out / "submission.csv", truth_path)
     with atomic_path(out / "ensemble.json") as tmp: tmp.write_text(json.dumps(report, indent=1))
     write_csv(leaderboard(leaderboard_root), out / "leaderboard.csv")

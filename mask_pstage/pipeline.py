@@ -217,7 +217,8 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
     summary["cv_macro_f1"] = summary["ensemble_oof_macro_f1"] or summary["oof_macro_f1"]  # what the submission's recipe scored in CV
     if ensemble.get("person_pooling", "none") != "none":
         summary["person_pooling"] = dict(how=ensemble["person_pooling"], oof_macro_f1_unpooled=ensemble.get("oof_macro_f1_unpooled"),
-                                         oof_grouping=ensemble.get("oof_grouping"), eval_groups=ensemble.get("eval_groups"))
+                                         oof_grouping=ensemble.get("oof_grouping"), eval_groups=ensemble.get("eval_groups"),
+                                         eval_unpooled=(ensemble.get("score_unpooled") or {}).get("all"))
     if summary["cv_macro_f1"] is not None and summary["submission_score"]:
         summary["eval_minus_cv"] = round(summary["submission_score"]["all"] - summary["cv_macro_f1"], 4)
     fmt = lambda v: (f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}") if isinstance(v, float) else str(v)
@@ -234,7 +235,9 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
     if "person_pooling" in summary and summary["person_pooling"]["oof_grouping"]:
         pp, g = summary["person_pooling"], summary["person_pooling"]["oof_grouping"]
         lines.append(f"- person pooling ({pp['how']}): out-of-fold macro F1 {fmt(pp['oof_macro_f1_unpooled'])} without, "
-                     f"{fmt(summary['ensemble_oof_macro_f1'])} with; grouping of validation images: purity {g['purity']}, ARI {g['ari']}")
+                     f"{fmt(summary['ensemble_oof_macro_f1'])} with; grouping of validation images: purity {g['purity']}, ARI {g['ari']}"
+                     + (f"; eval score {pp['eval_unpooled']:.4f} without, {summary['submission_score']['all']:.4f} with"
+                        if pp["eval_unpooled"] is not None and summary["submission_score"] else ""))
     if "eval_minus_cv" in summary:
         lines.append(f"- CV estimate {summary['cv_macro_f1']:.4f}, eval score {summary['submission_score']['all']:.4f}: "
                      f"eval - CV = {summary['eval_minus_cv']:+.4f}")

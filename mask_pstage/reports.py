@@ -32,7 +32,9 @@ def pipeline_table(root) -> pd.DataFrame:
                    folds=r["folds"], trained_folds=r.get("train_folds", r["folds"]),
                    params=" ".join(f"{k}={v}" for k, v in {**r["train"], **r["ensemble"]}.items()),
                    seconds=s.get("steps_seconds"), cv_macro_f1=s.get("cv_macro_f1"),
-                   eval_macro_f1=(s.get("submission_score") or {}).get("all"), eval_minus_cv=s.get("eval_minus_cv"))
+                   eval_macro_f1=(s.get("submission_score") or {}).get("all"), eval_minus_cv=s.get("eval_minus_cv"),
+                   cv_unpooled=(s.get("person_pooling") or {}).get("oof_macro_f1_unpooled"),
+                   eval_unpooled=(s.get("person_pooling") or {}).get("eval_unpooled"))
         if truth.exists() and (run / "ensemble" / "submission.csv").exists():
             row.update(attribute_accuracy(run / "ensemble" / "submission.csv", truth))
         rows.append(dict(row, variant="folds"))
