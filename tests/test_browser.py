@@ -50,6 +50,8 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.common.keys import Keys
+    from selenium.common.exceptions import TimeoutException
     url, token = lab
     source = ROOT / "nbs" / "01_eda.ipynb"
     before = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -64,17 +66,26 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
         idle = lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")
         wait.until(idle)                                                           # the kernel is up
-        driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]").click()
-        wait.until(lambda d: d.find_elements(By.XPATH, "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]"))[0].click()
         prompts = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputArea-prompt")]
-        WebDriverWait(driver, 600, poll_frequency=1).until(  # generous: a loaded machine
-            lambda d: idle(d) and prompts(d) and all(p.strip("[]: ").isdigit() for p in prompts(d)))  # every code cell ran
+        started = lambda d: any(p.strip("[]: ") for p in prompts(d))            # a cell queued ([*]) or ran ([1])
+        shot = ROOT / "outputs" / "browser" / "01_eda.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):  # a click that lands while the menu is still opening does nothing: click again
+            driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]").click()
+            run_all = "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]"
+            wait.until(lambda d: d.find_elements(By.XPATH, run_all))[0].click()
+            try: WebDriverWait(driver, 60, poll_frequency=0.5).until(started); break
+            except TimeoutException: driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        try:
+            WebDriverWait(driver, 600, poll_frequency=1).until(  # generous: a loaded machine
+                lambda d: idle(d) and prompts(d) and all(p.strip("[]: ").isdigit() for p in prompts(d)))  # every code cell ran
+        except TimeoutException:
+            stuck = shot.with_name("01_eda_timeout.png"); driver.save_screenshot(str(stuck))
+            pytest.fail(f"the cells did not all run within 10 minutes; prompts {prompts(driver)}; screenshot {stuck}")
         stderr = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         errors = [e.text[:500] for e in stderr if "Traceback" in e.text or "Error" in e.text]
         images = driver.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
         loaded = [i for i in images if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)]
-        shot = ROOT / "outputs" / "browser" / "01_eda.png"
-        shot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(shot))
         assert not errors, errors
         assert len(loaded) >= 3, f"{len(loaded)} of {len(images)} plots rendered as images (distributions, ages, samples expected)"
