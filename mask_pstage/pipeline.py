@@ -229,7 +229,7 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
     lines += ["", f"- folds: macro F1 {summary['fold_macro_f1_mean']:.4f} +- {summary['fold_macro_f1_std']:.4f}"]
     join = lambda d, f: ", ".join(f"{k} {f(v)}" for k, v in d.items())
     if summary["oof_macro_f1"] is not None:
-        share = analysis.get("oof_persons_share", 1.0)
+        share = summary["oof_persons_share"] or 1.0  # analyses written before the share was recorded covered every person
         lines.append(f"- {'full ' if share == 1 else ''}out-of-fold macro F1: {summary['oof_macro_f1']:.4f}; "
                      f"ensemble: {fmt(summary['ensemble_oof_macro_f1'])}" + ("" if share == 1 else f" ({share:.0%} of the persons)"))
     if summary["submission_score"]: lines.append("- submission (scorer): " + join(summary["submission_score"], lambda v: f"{v:.4f}"))

@@ -70,7 +70,7 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
         started = lambda d: any(p.strip("[]: ") for p in prompts(d))            # a cell queued ([*]) or ran ([1])
         shot = ROOT / "outputs" / "browser" / "01_eda.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):  # a click that lands while the menu is still opening does nothing: click again
+        for _ in range(3):  # a click that lands while the menu is still opening does nothing: click again
             driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]").click()
             run_all = "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]"
             wait.until(lambda d: d.find_elements(By.XPATH, run_all))[0].click()
