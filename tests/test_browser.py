@@ -51,7 +51,7 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from selenium.webdriver.common.keys import Keys
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import ElementClickInterceptedException, TimeoutException
     url, token = lab
     source = ROOT / "nbs" / "01_eda.ipynb"
     before = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -70,18 +70,29 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
         started = lambda d: any(p.strip("[]: ") for p in prompts(d))            # a cell queued ([*]) or ran ([1])
         shot = ROOT / "outputs" / "browser" / "01_eda.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):  # a click that lands while the menu is still opening does nothing: click again
-            driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]").click()
-            run_all = "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]"
-            wait.until(lambda d: d.find_elements(By.XPATH, run_all))[0].click()
-            try: WebDriverWait(driver, 60, poll_frequency=0.5).until(started); break
-            except TimeoutException: driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        dialogs = []
+        def dismiss_dialogs():  # a modal JupyterLab dialog (e.g. on a first start) swallows clicks: accept it, keep its text
+            for dialog in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):
+                dialogs.append(dialog.text[:200])
+                buttons = dialog.find_elements(By.CSS_SELECTOR, ".jp-Dialog-button.jp-mod-accept")
+                if buttons: buttons[0].click()
+                else: dialog.send_keys(Keys.ESCAPE)
+                time.sleep(1)
+        for _ in range(3):  # a click that lands while the menu is still opening, or under a dialog, does nothing: click again
+            dismiss_dialogs()
+            try:
+                driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]").click()
+                run_all = "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]"
+                wait.until(lambda d: d.find_elements(By.XPATH, run_all))[0].click()
+                WebDriverWait(driver, 60, poll_frequency=0.5).until(started); break
+            except (TimeoutException, ElementClickInterceptedException):
+                driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         try:
             WebDriverWait(driver, 600, poll_frequency=1).until(  # generous: a loaded machine
                 lambda d: idle(d) and prompts(d) and all(p.strip("[]: ").isdigit() for p in prompts(d)))  # every code cell ran
         except TimeoutException:
             stuck = shot.with_name("01_eda_timeout.png"); driver.save_screenshot(str(stuck))
-            pytest.fail(f"the cells did not all run within 10 minutes; prompts {prompts(driver)}; screenshot {stuck}")
+            pytest.fail(f"the cells did not all run within 10 minutes; prompts {prompts(driver)}; dialogs {dialogs}; screenshot {stuck}")
         stderr = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         errors = [e.text[:500] for e in stderr if "Traceback" in e.text or "Error" in e.text]
         images = driver.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
