@@ -12,11 +12,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 from .core import N_CLASSES, resolve_path, atomic_path, progress_bar
+from .weights import resolve_weights
 
 # %% auto #0
 __all__ = ['AGES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model', 'save_model', 'load_model',
-           'make_model', 'input_norm', 'count_macs', 'save_checkpoint', 'load_checkpoint', 'average_states', 'to_input',
-           'predict']
+           'make_model', 'freeze_groups', 'input_norm', 'count_macs', 'save_checkpoint', 'load_checkpoint',
+           'average_states', 'to_input', 'predict']
 
 # %% ../nbs/01a_models.ipynb #cd8b900e
 class FactorizedHead(nn.Module):
@@ -58,8 +59,9 @@ def create_model(model: str, head: str = "single", pretrained: bool = False, wei
     try: net = timm.create_model(model, **kwargs)
     except Exception as e:
         if pretrained and not weights_path:
-            raise RuntimeError(f"could not load pretrained weights for {model} ({type(e).__name__}: {e}). On a machine "
-                               f"without internet pass -p pretrained false, or -p weights_path /path/to/weights") from None
+            raise RuntimeError(f"could not load pretrained weights for {model} ({type(e).__name__}: {e}). On a machine without "
+                               f"internet use the offline weights (weights=lite0 with model=tf_efficientnet_lite0; lite1, lite2), "
+                               f"a local checkpoint (weights=FILE), or pretrained=false") from None
         raise
     if head != "single":
         net = nn.Sequential(net, FactorizedHead() if head == "multitask" else AgeDistributionHead(age_cut_old))
@@ -82,8 +84,24 @@ def make_model(params, pretrained: bool | None = None, n_classes: int = N_CLASSE
     "The model of a run with `params` (dict or object): its `init_model` file if set, else timm's `model` with its `head`."
     p = params if isinstance(params, dict) else vars(params)
     if p.get("init_model"): return load_model(p["init_model"])
-    return create_model(p["model"], p.get("head", "single"), p.get("pretrained", False) if pretrained is None else pretrained,
-                        p.get("weights_path", "") if pretrained is not False else "", n_classes, p.get("age_cut_old", 60))
+    pretrained = p.get("pretrained", False) if pretrained is None else pretrained
+    weights = (p.get("weights") or p.get("weights_path", "")) if pretrained else ""  # weights_path: older runs' name
+    file = str(resolve_weights(weights, p["model"], p.get("cache_dir", "outputs/cache"))[0]) if weights else ""
+    return create_model(p["model"], p.get("head", "single"), pretrained, file, n_classes, p.get("age_cut_old", 60))
+
+# %% ../nbs/01a_models.ipynb #f7ccfb58
+def freeze_groups(model: nn.Module, n: int) -> list[nn.Module]:
+    "Freeze the first `n` coarse layer groups of a timm model (stem, stages); returns their modules, to be kept in eval mode."
+    if n <= 0: return []
+    from timm.models import group_parameters
+    base = model[0] if isinstance(model, nn.Sequential) else model
+    groups = list(group_parameters(base, base.group_matcher(coarse=True)).values())
+    if n >= len(groups): raise ValueError(f"freeze={n} must leave a group to train: {type(base).__name__} has {len(groups)} groups")
+    names = {name for group in groups[:n] for name in group}
+    for name, param in base.named_parameters():
+        if name in names: param.requires_grad_(False)
+    return [m for name, m in base.named_modules()
+            if any(True for _ in m.parameters(recurse=False)) and all(f"{name}.{k}" in names for k, _ in m.named_parameters(recurse=False))]
 
 # %% ../nbs/01a_models.ipynb #ba099da1
 def input_norm(model: nn.Module) -> tuple:

@@ -16,7 +16,8 @@ from .core import LABEL_FIX_NAMES, in_notebook, progress_bar, remove_partial, re
 from .tasks import task_for, parse_ages
 from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, CROP_ASPECTS, FoldData, build_augment, CachedImages,
                                     collate_uint8, parse_size, prepare_data)
-from .models import make_model, input_norm, count_macs, predict, to_input, age_targets
+from .models import make_model, input_norm, count_macs, predict, to_input, age_targets, freeze_groups
+from .weights import REGISTRY as WEIGHTS, registry_file, resolve_weights, weights_model
 from .runs import Run
 
 # %% auto #0
@@ -48,8 +49,10 @@ class TrainParams:
     pseudo_labels: str = ""                # CSV of eval images (ImageID, label) added to the training rows of every fold
     label_fix: str = "none"                # none | common | extended | winner (training labels only)
     model: str = "mobilenetv3_small_100"   # any timm model name
-    pretrained: bool = True                # timm's pretrained weights (downloads unless weights_path is set)
-    weights_path: str = ""                 # local weights file for offline machines
+    pretrained: bool = True                # ImageNet weights: `weights` if set, else timm's download (needs internet)
+    weights: str = ""                      # offline weights: lite0 | lite1 | lite2 (registry packages) or a checkpoint file
+    freeze: int = 0                        # freeze the first N layer groups (stem, then stages) with their batch-norm statistics
+    layer_decay: float = 0.0               # timm's layer-wise lr decay (e.g. 0.7: each earlier group learns 0.7x slower); 0 = off
     img_size: tuple = (128, 96)            # (height, width)
     head: str = "single"                   # single 18-way | multitask (mask, gender, age-band heads) | age (exact-age distribution)
     loss: str = "ce"                       # ce, focal, label_smoothing, f1, symmetric_ce or sums like "0.25*ce+f1"
@@ -129,6 +132,7 @@ def make_params(params=None, **overrides) -> TrainParams:
     "Validated TrainParams from a TrainParams, a dict and/or keyword overrides."
     given = asdict(params) if isinstance(params, TrainParams) else dict(params or {})
     given.update(overrides)
+    if "weights_path" in given: given.setdefault("weights", given.pop("weights_path"))  # its name before `weights`
     defaults = TrainParams()
     names = [f.name for f in fields(TrainParams)]
     unknown = sorted(set(given) - set(names))
@@ -156,7 +160,7 @@ def make_params(params=None, **overrides) -> TrainParams:
         if not 0 <= getattr(p, name) <= 1: raise ValueError(f"{name}={getattr(p, name)} is a probability, 0..1")
     if p.mixup + p.cutmix > 1: raise ValueError(f"mixup + cutmix = {p.mixup + p.cutmix} must be <= 1")
     if not 30 < p.age_threshold_train <= 120: raise ValueError(f"age_threshold_train={p.age_threshold_train} must be in 31..120")
-    if p.weights_path and not resolve_path(p.weights_path).is_file(): raise ValueError(f"weights_path {p.weights_path} does not exist")
+    _check_weights(p)
     if p.lr <= 0: raise ValueError(f"lr={p.lr} must be > 0")
     if p.init_model and not resolve_path(p.init_model).is_file():
         raise ValueError(f"init_model {p.init_model} does not exist; save one with save_model")
@@ -179,6 +183,18 @@ def make_params(params=None, **overrides) -> TrainParams:
     if not p.out_dir: p.out_dir = f"outputs/train/{p.model}_fold{p.fold}"
     for name in ("out_dir", "cache_dir"): _check_writable(name, getattr(p, name))
     return p
+
+def _check_weights(p: TrainParams):
+    "A weights source that exists and fits the model; freeze and layer_decay in range."
+    if p.weights and p.pretrained:
+        wanted = weights_model(p.weights)
+        if wanted is None and not resolve_path(p.weights).is_file():
+            raise ValueError(f"weights={p.weights!r} is neither a registry name {list(WEIGHTS)} nor an existing file")
+        if wanted is not None:
+            registry_file(p.weights)  # installed, or an error saying what to install
+            if wanted != p.model: raise ValueError(f"weights={p.weights!r} are {wanted}'s; set model={wanted}")
+    if p.freeze < 0: raise ValueError(f"freeze={p.freeze} must be >= 0 (0 = train every layer)")
+    if not 0 <= p.layer_decay < 1: raise ValueError(f"layer_decay={p.layer_decay} must be in 0..1 (0 = off)")
 
 def _check_writable(name: str, path):
     "Refuse a folder parameter that is a file or lies where this user cannot write, before any data is read."
@@ -340,7 +356,8 @@ def age_loss(p, data: FoldData) -> AgeLoss | None:
 # %% ../nbs/03a_training.ipynb #dde31edd
 def build_optimizer(model, p: TrainParams):
     from timm.optim import create_optimizer_v2
-    return create_optimizer_v2(model, opt=p.optimizer, lr=p.lr, weight_decay=p.weight_decay, momentum=0.9)
+    return create_optimizer_v2(model[0] if isinstance(model, nn.Sequential) else model, opt=p.optimizer, lr=p.lr,
+                               weight_decay=p.weight_decay, momentum=0.9, layer_decay=p.layer_decay or None)
 
 def build_scheduler(opt, p: TrainParams, updates_per_epoch: int):
     "(scheduler, kind): kind 'timm' (step_update per update + step per epoch), 'torch' (step per update) or None."
@@ -395,6 +412,7 @@ class Fit:
     ema: object | None                  # timm ModelEmaV3
     norm: tuple                         # the model's input (mean, std)
     cost: tuple                         # (MACs, params)
+    frozen: list                        # modules of the frozen layer groups (kept in eval mode)
     loss_fn: object
     targets: torch.Tensor               # training label of every table row
     teacher: Distillation | None
@@ -432,10 +450,11 @@ def _load_data(p, main: bool, world: int) -> FoldData:
     return data if main else prepare_data(p)
 
 def _build_model(p, device, world: int, n_classes: int):
-    "(model, net, ema, norm, cost): the model on its device, its DDP wrapper, EMA, input normalisation, MACs and params."
+    "(model, net, ema, norm, cost, frozen): the model on its device, its DDP wrapper, EMA, input normalisation, MACs and params."
     seed_epoch(p.seed, 0)
     model = make_model(p, n_classes=n_classes)
     norm, cost = input_norm(model), count_macs(model, p.img_size)
+    frozen = freeze_groups(model, p.freeze)
     model = model.to(device)
     if p.channels_last: model = model.to(memory_format=torch.channels_last)
     ema = None
@@ -446,7 +465,7 @@ def _build_model(p, device, world: int, n_classes: int):
         ema = ModelEmaV3(model, decay=p.ema_decay, use_warmup=True, device=device)
     net = model
     if world > 1: net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return model, net, ema, norm, cost
+    return model, net, ema, norm, cost, frozen
 
 def _balance(p, data: FoldData, device):
     "(loss function, per-image sampling weights or None): class weights and the class-balanced sampler, as asked."
@@ -490,7 +509,9 @@ def _record_start(f: Fit):
     import albumentations
     from torch.utils.tensorboard import SummaryWriter
     d, p = f.data, f.p
-    f.run.write_params(dict(params=asdict(p), label_fix=d.label_fix, crop=d.crop, distillation=f.teacher.record if f.teacher else None,
+    weights = resolve_weights(p.weights, p.model, p.cache_dir)[1] if p.weights and p.pretrained else None  # source and sha256
+    f.run.write_params(dict(params=asdict(p), weights=weights, label_fix=d.label_fix, crop=d.crop,
+                            distillation=f.teacher.record if f.teacher else None,
                             classes=d.classes, world_size=f.world, device=str(f.device), n_train_images=len(d.train_rows),
                             n_val_images=len(d.val_rows), n_persons=int(d.table.person_id.nunique()), ignored=d.ignored,
                             n_pseudo_images=int((d.table.fold.to_numpy()[d.train_rows] == -2).sum()) if "fold" in d.table else 0,
@@ -525,13 +546,13 @@ def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
     if rank == 0: remove_partial(run.path)  # a write cut short by a kill
     data = _load_data(p, rank == 0, world)
     if rank == 0: _report_ignored(p, data)
-    model, net, ema, norm, cost = _build_model(p, device, world, len(data.classes))
+    model, net, ema, norm, cost, frozen = _build_model(p, device, world, len(data.classes))
     loss_fn, sample_weights = _balance(p, data, device)
     sampler, augment = EpochSampler(len(data.train_rows), sample_weights, p.seed, rank, world), build_augment(p.augment, seed=p.seed)
     loader = _loader(p, data, sampler, augment, device)
     opt = build_optimizer(model, p)
     sched, sched_kind = build_scheduler(opt, p, math.ceil(len(loader) / p.grad_accum))
-    f = Fit(p, run, device, rank, world, data, model, net, ema, norm, cost, loss_fn,
+    f = Fit(p, run, device, rank, world, data, model, net, ema, norm, cost, frozen, loss_fn,
             targets=torch.from_numpy(data.table.label_train.to_numpy().copy()), teacher=distillation(p, data, rank == 0),
             age=age_loss(p, data),
             mixing=Mixing(p, len(data.classes)), sampler=sampler, augment=augment, loader=loader, opt=opt, sched=sched,
@@ -547,6 +568,7 @@ def train_one_epoch(f: Fit, epoch: int) -> dict:
     p = f.p
     f.augment.set_random_seed(seed_epoch(p.seed, epoch)); f.sampler.set_epoch(epoch)
     f.net.train()
+    for m in f.frozen: m.eval()  # frozen layers keep their batch-norm statistics
     t0, seen, loss_sum, n_batches = time.time(), 0, 0.0, 0
     f.opt.zero_grad(set_to_none=True)
     batches = progress_bar(f.loader, desc=f"epoch {epoch}", unit="batch", leave=False) if f.main else f.loader
