@@ -1,18 +1,20 @@
-"""The competition's official baseline recipe against this project's CPU preset, on one dataset, in one run.
+"""The competition's official baseline recipe against this project's presets, on one dataset, in one run.
 
 (a) the official baseline, re-implemented from its description: torchvision transforms (Resize 128x96, ToTensor,
     Normalize), timm resnet18 from scratch, Adam lr 1e-3, cross-entropy on the 18 classes, batch 64, an
     *image-level* random 80/20 split (its validation therefore shares persons with training), 3 epochs, the
     last epoch's model predicts eval/;
-(b) the project's pipeline with a preset (`--preset cpu` by default): face detection, cache, K person-level
-    folds, error analysis, ensemble, submission.
+(b) the project's pipeline with each preset of `--presets` (default `scratch,cpu`: the from-scratch recipe and the
+    pretrained one): face detection, cache, K person-level folds, error analysis, ensemble, submission. Each preset
+    starts from an empty cache (its own cache folder, and face boxes under it), so its wall time includes detection.
 
-Both submissions are scored against the dataset's eval_truth.csv; the script prints macro F1, mask / gender / age
-accuracy and wall time of each, and writes them to OUT/baseline_vs_preset.json.
+Every submission is scored against the dataset's eval_truth.csv; the script prints macro F1, mask / gender / age
+accuracy, the CV estimate and wall time of each, and writes them to OUT/baseline_vs_preset.json.
 
     .venv/bin/python bench/baseline_vs_preset.py --data ../shared/data/utk_dev --out outputs/bench_utk
 
-Run it alone: on a 2-core machine another job halves every figure. Nothing is downloaded (pretrained is off).
+Run it alone: on a 2-core machine another job halves every figure. Nothing is downloaded: the pretrained preset's
+weights come from an installed registry package (nbs/01b_weights.ipynb).
 """
 import argparse, json, time
 from pathlib import Path
@@ -22,15 +24,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from mask_pstage.core import read_eval, read_train, resolve_path, decode_label
+from mask_pstage.core import read_eval, read_train, resolve_path
+from mask_pstage.reports import attribute_accuracy
 from mask_pstage.models import create_model
 from mask_pstage.submission import score
-
-
-def accuracies(sub: pd.DataFrame, truth: pd.DataFrame) -> dict:
-    "Macro F1 is the scorer's; here the accuracy of each attribute, decoded from the classes."
-    t, p = decode_label(truth.ans.to_numpy()), decode_label(sub.set_index("ImageID").ans.reindex(truth.ImageID).to_numpy())
-    return {f"acc_{name}": round(float((a == b).mean()), 4) for name, a, b in zip(("mask", "gender", "age"), t, p)}
 
 
 class Images(torch.utils.data.Dataset):
@@ -78,27 +75,28 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="a dataset in the competition layout with eval_truth.csv beside eval/")
     ap.add_argument("--out", default="outputs/bench_baseline_vs_preset")
-    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--presets", default="scratch,cpu", help="comma-separated presets, run in this order")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-preset", action="store_true")
     a = ap.parse_args()
     data, out = resolve_path(a.data), resolve_path(a.out)
-    truth = pd.read_csv(data / "eval_truth.csv", dtype={"ImageID": str})
     rows = {}
     if not a.skip_baseline:
         b = official_baseline(data, out)
         rows["official baseline (resnet18, Adam 1e-3, 128x96, image split, 3 epochs)"] = dict(
             eval_macro_f1=round(score(b["eval_submission"], data / "eval_truth.csv")["all"], 4),
-            **accuracies(pd.read_csv(b["eval_submission"]), truth), wall_seconds=b["wall_seconds"],
+            **attribute_accuracy(b["eval_submission"], data / "eval_truth.csv"), wall_seconds=b["wall_seconds"],
             validation_macro_f1=b["image_split_val_macro_f1"])
-    if not a.skip_preset:
+    for preset in [] if a.skip_preset else [x.strip() for x in a.presets.split(",") if x.strip()]:
         from mask_pstage.pipeline import run_pipeline
-        t0 = time.time()
-        summary = run_pipeline(data, out / f"preset_{a.preset}", preset=a.preset)
-        sub = out / f"preset_{a.preset}" / "ensemble" / "submission.csv"
-        rows[f"mask_pstage preset {a.preset}"] = dict(eval_macro_f1=round(score(sub, data / "eval_truth.csv")["all"], 4),
-                                                      **accuracies(pd.read_csv(sub), truth), wall_seconds=round(time.time() - t0, 1),
-                                                      validation_macro_f1=summary.get("cv_macro_f1"))
+        t0, run = time.time(), out / f"preset_{preset}"
+        cache = run / "cache"  # empty at the start: detection, crops and weights conversion are timed too
+        summary = run_pipeline(data, run, preset=preset, train=dict(cache_dir=str(cache), face_boxes=str(cache / "boxes.csv")))
+        sub = run / "ensemble" / "submission.csv"
+        truth = data / "eval_truth.csv"
+        rows[f"mask_pstage preset {preset}"] = dict(eval_macro_f1=round(score(sub, truth)["all"], 4), **attribute_accuracy(sub, truth),
+                                                    wall_seconds=round(time.time() - t0, 1),
+                                                    validation_macro_f1=summary.get("cv_macro_f1"))
     table = pd.DataFrame(rows).T
     print(table.to_string())
     (out / "baseline_vs_preset.json").write_text(json.dumps(rows, indent=1))

@@ -36,6 +36,16 @@ SPACES = dict(
         img_size={"choice": ["64x48", "96x72", "128x96", "160x120"]},
         lr={"float": [3e-3, 0.1], "log": True},
     ),
+    # fine-tuning the offline ImageNet weights (preset cpu): learning rate, how much stays frozen, input size, loss, head
+    pretrained=dict(
+        lr={"float": [2e-4, 3e-3], "log": True},
+        weight_decay={"float": [1e-3, 0.1], "log": True},
+        freeze={"int": [0, 4]},
+        layer_decay={"choice": [0.0, 0.8, 0.65]},
+        img_size={"choice": ["96x72", "112x84", "128x96"]},
+        loss={"choice": ["ce", "label_smoothing"]},
+        head={"choice": ["single", "multitask"]},
+    ),
     tiny=dict(optimizer={"choice": ["sgd", "adamw"]}, lr={"float": [0.01, 0.2], "log": True, "if": {"optimizer": "sgd"}},
               lr_adamw={"float": [1e-3, 1e-2], "log": True, "param": "lr", "if": {"optimizer": "adamw"}}),
 )
@@ -238,7 +248,7 @@ def main(argv=None):
     ap.add_argument("--data", required=True, help="dataset in the competition layout (or class folders)")
     ap.add_argument("--run", required=True, help="run folder of the study: trials/, study.journal, trials.csv, plots")
     ap.add_argument("--trials", type=int, default=20, help="trials the study should hold in all (all workers together)")
-    ap.add_argument("--preset", default="", help="training parameters to start from: a pipeline preset (cpu, gpu)")
+    ap.add_argument("--preset", default="", help="training parameters to start from: a pipeline preset (cpu, scratch, gpu)")
     ap.add_argument("--train", action="append", metavar="KEY=VALUE", help="a training parameter shared by every trial (repeatable)")
     ap.add_argument("--space", default="cpu", help=f"search space: {', '.join(SPACES)}, a JSON file or a JSON string")
     ap.add_argument("--objective", default="f1", choices=list(OBJECTIVES))

