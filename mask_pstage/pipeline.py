@@ -101,8 +101,8 @@ def run_pipeline(data_dir, run_dir, n_folds: int | None = None, train: dict | No
     n_train = train_folds or PRESETS.get(preset, {}).get("train_folds") or n_folds
     if not 1 <= n_train <= n_folds: raise ValueError(f"train_folds={n_train} must be between 1 and the number of folds ({n_folds})")
     p = make_params(train, data_dir=data_dir, n_folds=n_folds, fold=0)  # a bad value fails here, with the valid choices
-    check_pretrained(p, log)
     check_data(data_dir, run, log)
+    check_pretrained(p, log)
     run.mkdir(parents=True, exist_ok=True)
     run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(run / "eda")), force, log)
     if p.crop == "face":  # detect faces once here, not once per fold

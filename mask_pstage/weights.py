@@ -88,7 +88,8 @@ def resolve_weights(weights: str, model: str, cache_dir="outputs/cache") -> tupl
     digest = file_sha256(source)
     out = resolve_path(cache_dir) / "weights" / f"{model}-{digest[:16]}.pth"
     if not out.is_file():
-        target = timm.create_model(model, pretrained=False).state_dict()
+        with torch.random.fork_rng():  # building the target draws random weights: a run's seeds must not see it
+            target = timm.create_model(model, pretrained=False).state_dict()
         state = _load_state(source)
         converted = convert_state_dict(state, target, f"weights file {source.name}", model)
         out.parent.mkdir(parents=True, exist_ok=True)
