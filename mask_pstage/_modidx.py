@@ -399,6 +399,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'mask_pstage.training.train_one_epoch': ('training.html#train_one_epoch', 'mask_pstage/training.py')},
             'mask_pstage.weights': { 'mask_pstage.weights._load_state': ('weights.html#_load_state', 'mask_pstage/weights.py'),
                                      'mask_pstage.weights._tensors': ('weights.html#_tensors', 'mask_pstage/weights.py'),
+                                     'mask_pstage.weights.check_weights': ('weights.html#check_weights', 'mask_pstage/weights.py'),
                                      'mask_pstage.weights.convert_state_dict': ( 'weights.html#convert_state_dict',
                                                                                  'mask_pstage/weights.py'),
                                      'mask_pstage.weights.file_sha256': ('weights.html#file_sha256', 'mask_pstage/weights.py'),

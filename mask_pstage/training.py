@@ -17,7 +17,7 @@ from .tasks import task_for, parse_ages
 from .preprocess import (AUGMENT_PRESETS, FACE_DETECTORS, CROP_ASPECTS, FoldData, build_augment, CachedImages,
                                     collate_uint8, parse_size, prepare_data)
 from .models import make_model, input_norm, count_macs, predict, to_input, age_targets, freeze_groups
-from .weights import REGISTRY as WEIGHTS, registry_file, resolve_weights, weights_model
+from .weights import check_weights, resolve_weights
 from .runs import Run
 
 # %% auto #0
@@ -186,13 +186,7 @@ def make_params(params=None, **overrides) -> TrainParams:
 
 def _check_weights(p: TrainParams):
     "A weights source that exists and fits the model; freeze and layer_decay in range."
-    if p.weights and p.pretrained:
-        wanted = weights_model(p.weights)
-        if wanted is None and not resolve_path(p.weights).is_file():
-            raise ValueError(f"weights={p.weights!r} is neither a registry name {list(WEIGHTS)} nor an existing file")
-        if wanted is not None:
-            registry_file(p.weights)  # installed, or an error saying what to install
-            if wanted != p.model: raise ValueError(f"weights={p.weights!r} are {wanted}'s; set model={wanted}")
+    if p.weights and p.pretrained: check_weights(p.weights, p.model)
     if p.freeze < 0: raise ValueError(f"freeze={p.freeze} must be >= 0 (0 = train every layer)")
     if not 0 <= p.layer_decay < 1: raise ValueError(f"layer_decay={p.layer_decay} must be in 0..1 (0 = off)")
 

@@ -11,7 +11,8 @@ import timm
 from .core import atomic_path, resolve_path
 
 # %% auto #0
-__all__ = ['REGISTRY', 'registry_file', 'convert_state_dict', 'file_sha256', 'weights_model', 'resolve_weights', 'imagenet_top']
+__all__ = ['REGISTRY', 'registry_file', 'convert_state_dict', 'file_sha256', 'weights_model', 'check_weights', 'resolve_weights',
+           'imagenet_top']
 
 # %% ../nbs/01b_weights.ipynb #a983091f
 REGISTRY = dict(  # name -> the timm model whose tensors the package's file holds, and where that file is
@@ -74,6 +75,16 @@ def weights_model(weights: str) -> str | None:
     "The timm model a registry name's weights belong to (None for a file, which may hold any model)."
     return REGISTRY[weights]["model"] if weights in REGISTRY else None
 
+def check_weights(weights: str, model: str):
+    "Before any work: `weights` is an installed registry package of `model`'s weights, or an existing file."
+    if weights not in REGISTRY:
+        if not resolve_path(weights).is_file():
+            raise ValueError(f"weights={weights!r} is neither a registry name {list(REGISTRY)} nor an existing file")
+        return
+    registry_file(weights)  # installed, or an error saying what to install
+    wanted = REGISTRY[weights]["model"]
+    if wanted != model: raise ValueError(f"weights={weights!r} are {wanted}'s; set model={wanted}")
+
 def resolve_weights(weights: str, model: str, cache_dir="outputs/cache") -> tuple[Path, dict]:
     "(file in timm's layout for `model`, record) for a registry name or a checkpoint file; converted once and cached."
     if weights in REGISTRY:
@@ -81,9 +92,8 @@ def resolve_weights(weights: str, model: str, cache_dir="outputs/cache") -> tupl
         dist = REGISTRY[weights]["distribution"]
         origin = f"{dist} {importlib.metadata.version(dist)}: {source.name}"
     else:
+        check_weights(weights, model)
         source = resolve_path(weights)
-        if not source.is_file():
-            raise ValueError(f"weights={weights!r} is neither a registry name {list(REGISTRY)} nor an existing file")
         origin = str(source)
     digest = file_sha256(source)
     out = resolve_path(cache_dir) / "weights" / f"{model}-{digest[:16]}.pth"
