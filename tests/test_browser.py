@@ -3,6 +3,7 @@ chromedriver; nothing is downloaded) opens JupyterLab served from the project, o
 from the Run menu on a tiny synthetic set (IN_TEST), waits for the kernel, and checks that no cell shows an error and
 that the plots rendered as images. A screenshot goes to outputs/browser/01_eda.png. `.ci/run` installs the browser;
 elsewhere the test is skipped when Chromium is missing, unless MASK_PSTAGE_REQUIRE_BROWSER is set."""
+
 import hashlib, json, os, shutil, socket, subprocess, sys, time
 from pathlib import Path
 import pytest
@@ -10,39 +11,63 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER) and not os.environ.get("MASK_PSTAGE_REQUIRE_BROWSER"),
-                                reason="Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does it)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER) and not os.environ.get("MASK_PSTAGE_REQUIRE_BROWSER"),
+    reason="Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does it)",
+)
 
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def lab(tmp_path):
     "JupyterLab on the project's nbs/, with autosave off (the source notebooks stay as they are) and private settings."
-    for plugin, value in [("docmanager-extension/plugin", {"autosave": False}),
-                          ("notebook-extension/tracker", {"windowingMode": "none"}),   # render every cell, not only those in view
-                          ("apputils-extension/notification", {"fetchNews": "false"})]:
+    for plugin, value in [
+        ("docmanager-extension/plugin", {"autosave": False}),
+        ("notebook-extension/tracker", {"windowingMode": "none"}),  # render every cell, not only those in view
+        ("apputils-extension/notification", {"fetchNews": "false"}),
+    ]:
         f = tmp_path / "settings" / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
-        f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(value))
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(value))
     port, token = free_port(), "mask-pstage-test"
-    env = {**os.environ, "IN_TEST": "1", "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
-    cmd = [BIN / "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={ROOT / 'nbs'}", f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
-           f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"] + (["--allow-root"] if os.geteuid() == 0 else [])
+    env = {
+        **os.environ,
+        "IN_TEST": "1",
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+    }
+    cmd = [
+        BIN / "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={ROOT / 'nbs'}",
+        f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
+        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+    ] + (["--allow-root"] if os.geteuid() == 0 else [])
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close(); break
-        except OSError: time.sleep(0.5)
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
     else:
-        proc.kill(); pytest.fail("JupyterLab did not start: " + (tmp_path / "lab.log").read_text()[-2000:])
+        proc.kill()
+        pytest.fail("JupyterLab did not start: " + (tmp_path / "lab.log").read_text()[-2000:])
     yield f"http://127.0.0.1:{port}", token
-    proc.terminate(); proc.wait(timeout=30); log.close()
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
 
 
 def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
@@ -52,6 +77,7 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
     from selenium.webdriver.common.keys import Keys
     from selenium.common.exceptions import ElementClickInterceptedException, TimeoutException
+
     url, token = lab
     source = ROOT / "nbs" / "01_eda.ipynb"
     before = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -65,41 +91,62 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
         wait = WebDriverWait(driver, 300, poll_frequency=0.5)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
         idle = lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")
-        wait.until(idle)                                                           # the kernel is up
+        wait.until(idle)  # the kernel is up
         prompts = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputArea-prompt")]
-        started = lambda d: any(p.strip("[]: ") for p in prompts(d))            # a cell queued ([*]) or ran ([1])
+        started = lambda d: any(p.strip("[]: ") for p in prompts(d))  # a cell queued ([*]) or ran ([1])
         shot = ROOT / "outputs" / "browser" / "01_eda.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         dialogs = []
-        def dismiss_dialogs():  # a modal JupyterLab dialog (e.g. on a first start) swallows clicks: accept it, keep its text
+
+        # a modal JupyterLab dialog (e.g. on a first start) swallows clicks: accept it, keep its text
+        def dismiss_dialogs():
             for dialog in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):
                 dialogs.append(dialog.text[:200])
                 buttons = dialog.find_elements(By.CSS_SELECTOR, ".jp-Dialog-button.jp-mod-accept")
-                if buttons: buttons[0].click()
-                else: dialog.send_keys(Keys.ESCAPE)
+                if buttons:
+                    buttons[0].click()
+                else:
+                    dialog.send_keys(Keys.ESCAPE)
                 time.sleep(1)
-        for _ in range(3):  # a click that lands while the menu is still opening, or under a dialog, does nothing: click again
+
+        for _ in range(
+            3
+        ):  # a click that lands while the menu is still opening, or under a dialog, does nothing: click again
             dismiss_dialogs()
             try:
                 driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]").click()
                 run_all = "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]"
                 wait.until(lambda d: d.find_elements(By.XPATH, run_all))[0].click()
-                WebDriverWait(driver, 60, poll_frequency=0.5).until(started); break
+                WebDriverWait(driver, 60, poll_frequency=0.5).until(started)
+                break
             except (TimeoutException, ElementClickInterceptedException):
                 driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         try:
             WebDriverWait(driver, 600, poll_frequency=1).until(  # generous: a loaded machine
-                lambda d: idle(d) and prompts(d) and all(p.strip("[]: ").isdigit() for p in prompts(d)))  # every code cell ran
+                lambda d: idle(d) and prompts(d) and all(p.strip("[]: ").isdigit() for p in prompts(d))
+            )  # every code cell ran
         except TimeoutException:
-            stuck = shot.with_name("01_eda_timeout.png"); driver.save_screenshot(str(stuck))
-            pytest.fail(f"the cells did not all run within 10 minutes; prompts {prompts(driver)}; dialogs {dialogs}; screenshot {stuck}")
-        stderr = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+            stuck = shot.with_name("01_eda_timeout.png")
+            driver.save_screenshot(str(stuck))
+            pytest.fail(
+                f"the cells did not all run within 10 minutes; prompts {prompts(driver)}; dialogs {dialogs}; "
+                f"screenshot {stuck}"
+            )
+        stderr = driver.find_elements(
+            By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+        )
         errors = [e.text[:500] for e in stderr if "Traceback" in e.text or "Error" in e.text]
         images = driver.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
-        loaded = [i for i in images if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)]
+        loaded = [
+            i
+            for i in images
+            if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+        ]
         driver.save_screenshot(str(shot))
         assert not errors, errors
-        assert len(loaded) >= 3, f"{len(loaded)} of {len(images)} plots rendered as images (distributions, ages, samples expected)"
+        assert len(loaded) >= 3, (
+            f"{len(loaded)} of {len(images)} plots rendered as images (distributions, ages, samples expected)"
+        )
     finally:
         driver.quit()
     assert hashlib.sha256(source.read_bytes()).hexdigest() == before, "the source notebook was not saved over"

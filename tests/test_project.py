@@ -1,6 +1,7 @@
 """Project-level checks: the installed stack, notebook hygiene, the notebooks themselves (nbdev-test),
 and the command-line tools on real-photo and corrupted data. Notebook runs go one at a time: two torch
 jobs at once on 2 cores collapse both."""
+
 import filecmp, json, shutil, subprocess, sys
 from pathlib import Path
 import pandas as pd
@@ -10,8 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NBS = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", ".")))
 # job notebooks: papermill runs them, so each must keep its `parameters` cell
-JOB_NOTEBOOKS = ["01_eda.ipynb", "02_preprocess.ipynb", "03_train.ipynb", "04_error_analysis.ipynb", "05_ensemble.ipynb",
-                 "06_lightweight.ipynb", "08_real_faces.ipynb", "09_search.ipynb"]
+JOB_NOTEBOOKS = [
+    "01_eda.ipynb",
+    "02_preprocess.ipynb",
+    "03_train.ipynb",
+    "04_error_analysis.ipynb",
+    "05_ensemble.ipynb",
+    "06_lightweight.ipynb",
+    "08_real_faces.ipynb",
+    "09_search.ipynb",
+]
 FAIRFACE = ROOT.parent / "shared" / "data" / "fairface_mask"
 
 
@@ -22,10 +31,12 @@ def run(*cmd, cwd=ROOT, **kw):
 def test_torch_pair_imports_and_runs():
     "The pinned torch/torchvision pair imports side by side, torchvision's C++ ops load, timm builds and runs a model."
     import torch, torchvision, timm
+
     boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
     assert torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
     model = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=18).eval()
-    with torch.no_grad(): out = model(torch.randn(2, 3, 128, 96))
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 128, 96))
     assert out.shape == (2, 18) and torch.isfinite(out).all()
     makefile = (ROOT / "Makefile").read_text()
     assert f"torch=={torch.__version__.split('+')[0]} torchvision=={torchvision.__version__.split('+')[0]}" in makefile
@@ -33,7 +44,8 @@ def test_torch_pair_imports_and_runs():
 
 def test_notebooks_are_clean(tmp_path):
     "nbdev-clean leaves every notebook unchanged (run on copies, so the working tree is untouched)."
-    for name in NBS: shutil.copy(ROOT / "nbs" / name, tmp_path / name)
+    for name in NBS:
+        shutil.copy(ROOT / "nbs" / name, tmp_path / name)
     r = run(BIN / "nbdev-clean", "--fname", tmp_path)
     assert r.returncode == 0, r.stderr
     dirty = [n for n in NBS if not filecmp.cmp(ROOT / "nbs" / n, tmp_path / n, shallow=False)]
@@ -42,20 +54,46 @@ def test_notebooks_are_clean(tmp_path):
 
 def test_package_in_sync_with_notebooks(tmp_path):
     "nbdev-export on a copy of the project reproduces mask_pstage/ exactly."
-    for item in ("pyproject.toml", "README.md"): shutil.copy(ROOT / item, tmp_path / item)
+    for item in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / item, tmp_path / item)
     shutil.copytree(ROOT / "nbs", tmp_path / "nbs")
     shutil.copytree(ROOT / "mask_pstage", tmp_path / "mask_pstage", ignore=shutil.ignore_patterns("__pycache__"))
     r = run(BIN / "nbdev-export", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     cmp = filecmp.dircmp(ROOT / "mask_pstage", tmp_path / "mask_pstage", ignore=["__pycache__"])
-    assert not (cmp.diff_files or cmp.left_only or cmp.right_only), \
-        f"package out of sync with nbs/, run `make export` and commit: {cmp.diff_files + cmp.left_only + cmp.right_only}"
+    assert not (cmp.diff_files or cmp.left_only or cmp.right_only), (
+        "package out of sync with nbs/, run `make export` and commit: "
+        f"{cmp.diff_files + cmp.left_only + cmp.right_only}"
+    )
+
+
+def test_package_lines_are_readable():
+    "No generated line over 120 columns (ruff checks one statement per line); nbdev's own `__all__ = [` line aside."
+    long = [
+        f"{p.name}:{i}"
+        for p in (ROOT / "mask_pstage").glob("*.py")
+        if p.name != "_modidx.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if len(line) > 120 and not line.startswith("__all__ = [")
+    ]
+    assert not long, f"lines over 120 columns (fix them in the notebooks): {long}"
+
+
+def test_no_notebook_is_both_library_and_job():
+    "A notebook with a papermill `parameters` cell exports nothing: the pipeline and papermill run the library's code."
+    for name in NBS:
+        nb = json.loads((ROOT / "nbs" / name).read_text())
+        tags = [t for c in nb["cells"] for t in c["metadata"].get("tags", [])]
+        exports = [c for c in nb["cells"] if "".join(c["source"]).startswith(("#| export", "#| default_exp"))]
+        assert ("parameters" in tags) == (name in JOB_NOTEBOOKS), f"{name}: job notebooks are {JOB_NOTEBOOKS}"
+        assert not ("parameters" in tags and exports), f"{name} is a job notebook with export cells"
 
 
 @pytest.mark.parametrize("name", JOB_NOTEBOOKS)
 def test_job_notebook_has_parameters_cell(name):
     "papermill finds the `parameters` cell and can parse (and document) every parameter in it."
     import re, papermill
+
     r = run(BIN / "papermill", "--help-notebook", ROOT / "nbs" / name)
     assert r.returncode == 0, r.stderr
     assert "No cell tagged 'parameters'" not in r.stdout + r.stderr, f"{name} lost its parameters cell"
@@ -63,6 +101,10 @@ def test_job_notebook_has_parameters_cell(name):
     cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
     assigned = [m[1] for line in "".join(cell["source"]).splitlines() if (m := re.match(r"(\w+)\s*[:=]", line))]
     assert list(papermill.inspect_notebook(str(ROOT / "nbs" / name))) == assigned, "papermill cannot parse some lines"
+    other = [
+        line for line in "".join(cell["source"]).splitlines() if line.strip() and not re.match(r"(\w+\s*[:=]|#)", line)
+    ]
+    assert not other, f"one parameter per line (papermill documents it by its trailing comment): {other}"
 
 
 @pytest.mark.parametrize("name", NBS)
@@ -78,8 +120,20 @@ def test_fairface_validates_and_eda_runs_on_real_faces(tmp_path):
     assert r.returncode == 0 and "no problems found" in r.stdout, r.stdout + r.stderr
     out = tmp_path / "eda"
     out.mkdir()
-    r = run(BIN / "papermill", ROOT / "nbs" / "01_eda.ipynb", out / "01_eda.ipynb", "-p", "data_dir", FAIRFACE,
-            "-p", "out_dir", out, "--log-level", "WARNING", timeout=600)
+    r = run(
+        BIN / "papermill",
+        ROOT / "nbs" / "01_eda.ipynb",
+        out / "01_eda.ipynb",
+        "-p",
+        "data_dir",
+        FAIRFACE,
+        "-p",
+        "out_dir",
+        out,
+        "--log-level",
+        "WARNING",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["persons"], summary["train_images"], summary["eval_images"]) == (208, 1456, 490)
@@ -90,7 +144,19 @@ def test_fairface_validates_and_eda_runs_on_real_faces(tmp_path):
 def test_synth_cli_and_validator_on_a_corrupted_copy(tmp_path):
     "The synthetic data validates cleanly; a corrupted copy is reported file by file."
     data = tmp_path / "syn"
-    r = run(sys.executable, "-m", "mask_pstage.synth", "--out", data, "--persons", "12", "--eval-persons", "2", "--seed", "3")
+    r = run(
+        sys.executable,
+        "-m",
+        "mask_pstage.synth",
+        "--out",
+        data,
+        "--persons",
+        "12",
+        "--eval-persons",
+        "2",
+        "--seed",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     r = run(sys.executable, "-m", "mask_pstage.synth", "--out", data, "--persons", "12", "--eval-persons", "2")
     assert r.returncode != 0 and "--overwrite" in r.stderr
@@ -99,12 +165,19 @@ def test_synth_cli_and_validator_on_a_corrupted_copy(tmp_path):
     train = pd.read_csv(data / "train" / "train.csv", dtype=str)
     images = data / "train" / "images"
     first, second = images / train.path[0], images / train.path[1]
-    zero = next(first.glob("mask2.*")); zero.write_bytes(b"")
-    normal = next(second.glob("normal.*")); normal.unlink()
-    stray = images / "009999_male_Asian_33"; stray.mkdir()
+    zero = next(first.glob("mask2.*"))
+    zero.write_bytes(b"")
+    normal = next(second.glob("normal.*"))
+    normal.unlink()
+    stray = images / "009999_male_Asian_33"
+    stray.mkdir()
     r = run(BIN / "mask-pstage-validate", data)
     assert r.returncode == 1
-    for path, what in [(zero, "empty (0 bytes)"), (second / "normal", "'normal' of person"), (stray, "not listed in train.csv")]:
+    for path, what in [
+        (zero, "empty (0 bytes)"),
+        (second / "normal", "'normal' of person"),
+        (stray, "not listed in train.csv"),
+    ]:
         at = r.stdout.index(f"{path}\n")  # the path, then on the next line what is wrong with it
         assert what in r.stdout[at:].split("\n")[1], (path, r.stdout)
     r = run(sys.executable, "-m", "mask_pstage.synth", "--score", data / "eval_truth.csv", "--out", data)
@@ -116,6 +189,7 @@ def test_train_notebook_parameters_match_the_library():
     import ast, papermill
     from dataclasses import asdict
     from mask_pstage.training import TrainParams
+
     nb_params = papermill.inspect_notebook(str(ROOT / "nbs" / "03_train.ipynb"))
     defaults = asdict(TrainParams())
     assert list(nb_params) == list(defaults)
@@ -124,15 +198,19 @@ def test_train_notebook_parameters_match_the_library():
 
 
 def test_preprocess_job_notebook_writes_the_box_file_of_a_fresh_dataset(tmp_path):
-    """The job notebook 02_preprocess.ipynb run by papermill (as the pipeline runs it) with a new data_dir writes that data's
-    face box file and its report; the pipeline's kernels talk over IPC, so no unencrypted-TCP warning is printed."""
+    """The job notebook 02_preprocess.ipynb run by papermill (as the pipeline runs it) with a new data_dir writes that
+    data's face box file and its report; the pipeline's kernels talk over IPC, so no unencrypted-TCP warning is
+    printed."""
     from mask_pstage.synth import generate
     from mask_pstage.preprocess import face_boxes_path
+
     data = generate(tmp_path / "fresh", persons=5, eval_persons=2, seed=8, workers=1, progress=False)
     out = tmp_path / "run" / "prep"
-    code = (f"from mask_pstage.pipeline import run_step; from pathlib import Path; "
-            f"run_step(Path({str(tmp_path / 'run')!r}), '02_preprocess', '02_preprocess.ipynb', "
-            f"dict(data_dir={str(data)!r}, out_dir={str(out)!r}, cache_dir={str(tmp_path / 'cache')!r}))")
+    code = (
+        f"from mask_pstage.pipeline import run_step; from pathlib import Path; "
+        f"run_step(Path({str(tmp_path / 'run')!r}), '02_preprocess', '02_preprocess.ipynb', "
+        f"dict(data_dir={str(data)!r}, out_dir={str(out)!r}, cache_dir={str(tmp_path / 'cache')!r}))"
+    )
     r = run(sys.executable, "-c", code)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "without encryption" not in r.stderr + r.stdout, r.stderr
@@ -141,4 +219,6 @@ def test_preprocess_job_notebook_writes_the_box_file_of_a_fresh_dataset(tmp_path
     summary = json.loads((out / "faces.json").read_text())
     assert summary["images"] == len(boxes) and (out / "crops.png").exists() and (out / "detection_rates.csv").exists()
     executed = (tmp_path / "run" / "02_preprocess.ipynb").read_text()
-    assert "detecting faces in 49 images" in executed and "face detection: 100%" in executed  # the log and the progress lines
+    assert (
+        "detecting faces in 49 images" in executed and "face detection: 100%" in executed
+    )  # the log and the progress lines

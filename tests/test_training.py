@@ -1,5 +1,6 @@
 """Training reliability: a run killed with SIGKILL mid-epoch and resumed ends exactly like an uninterrupted
 run; DistributedDataParallel on CPU (gloo, 2 processes) under torchrun; an unreadable image is named."""
+
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd
@@ -11,13 +12,31 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from mask_pstage.synth import generate
-    return generate(tmp_path_factory.mktemp("data") / "syn", persons=60, eval_persons=2, seed=5, workers=2, progress=False)
+
+    return generate(
+        tmp_path_factory.mktemp("data") / "syn", persons=60, eval_persons=2, seed=5, workers=2, progress=False
+    )
 
 
 def args(data, out, cache, **kw):
-    base = dict(data_dir=data, out_dir=out, cache_dir=cache, model="mobilenetv3_small_050", pretrained="false",
-                img_size="64x48", epochs=4, batch_size=16, n_folds=4, fold=1, optimizer="sgd", lr=0.05,
-                threads=2, strip_cutmix=0.3, ema="true", predict_train="false")
+    base = dict(
+        data_dir=data,
+        out_dir=out,
+        cache_dir=cache,
+        model="mobilenetv3_small_050",
+        pretrained="false",
+        img_size="64x48",
+        epochs=4,
+        batch_size=16,
+        n_folds=4,
+        fold=1,
+        optimizer="sgd",
+        lr=0.05,
+        threads=2,
+        strip_cutmix=0.3,
+        ema="true",
+        predict_train="false",
+    )
     base.update(kw)
     return [a for k, v in base.items() for a in (f"--{k}", str(v))]
 
@@ -31,13 +50,17 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data, tmp_path)
     r = train_cli(*args(data, tmp_path / "full", cache))
     assert r.returncode == 0, r.stderr[-3000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mask_pstage.training", *args(data, killed, cache)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mask_pstage.training", *args(data, killed, cache)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (killed / "history.csv").exists():  # epoch 0 finished and saved
         time.sleep(0.05)
-    time.sleep(0.5)                                                          # now inside epoch 1
-    proc.send_signal(signal.SIGKILL); proc.wait()
+    time.sleep(0.5)  # now inside epoch 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
     assert proc.returncode == -signal.SIGKILL
     done = len(pd.read_csv(killed / "history.csv"))
     assert 1 <= done < 4 and not (killed / "metrics.json").exists(), "the run was not killed mid-training"
@@ -48,8 +71,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data, tmp_path)
     for key in ("macro_f1", "accuracy", "f1_mask", "f1_gender", "f1_age", "f1_per_class", "best_epoch"):
         assert a[key] == b[key], key
     ha, hb = (pd.read_csv(d / "history.csv") for d in (tmp_path / "full", killed))
-    pd.testing.assert_frame_equal(ha[["epoch", "train_loss", "val_loss", "val_f1", "lr"]],
-                                  hb[["epoch", "train_loss", "val_loss", "val_f1", "lr"]], rtol=1e-6)
+    pd.testing.assert_frame_equal(
+        ha[["epoch", "train_loss", "val_loss", "val_f1", "lr"]],
+        hb[["epoch", "train_loss", "val_loss", "val_f1", "lr"]],
+        rtol=1e-6,
+    )
     oa, ob = (pd.read_csv(d / "oof.csv") for d in (tmp_path / "full", killed))
     pd.testing.assert_frame_equal(oa, ob, rtol=1e-5)
 
@@ -65,10 +91,18 @@ def test_resume_refuses_changed_parameters_and_fresh_run_refuses_existing(data, 
 
 def test_torchrun_ddp_two_processes_on_cpu(data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "mask_pstage.training",
-           *args(data, out, tmp_path / "cache", epochs=2, threads=1, ema="false")]
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        BIN / "torchrun",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mask_pstage.training",
+        *args(data, out, tmp_path / "cache", epochs=2, threads=1, ema="false"),
+    ]
+    r = subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     params = json.loads((out / "params.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
@@ -80,23 +114,52 @@ def test_torchrun_ddp_two_processes_on_cpu(data, tmp_path):
 def test_unreadable_image_is_named(data, tmp_path):
     import shutil
     from mask_pstage.training import train
+
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     victim = next((copy / "train" / "images").glob("*/mask3.*"))
     victim.write_bytes(b"\xff\xd8\xff garbage, not a jpeg")
     with pytest.raises(OSError, match=str(victim)):
-        train(data_dir=copy, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", model="mobilenetv3_small_050",
-              pretrained=False, img_size=(64, 48), epochs=1)
+        train(
+            data_dir=copy,
+            out_dir=tmp_path / "run",
+            cache_dir=tmp_path / "cache",
+            model="mobilenetv3_small_050",
+            pretrained=False,
+            img_size=(64, 48),
+            epochs=1,
+        )
 
 
 def test_many_options_in_one_short_run(data, tmp_path):
-    """bf16 autocast on CPU, OneCycle, multitask head, focal loss, MixUp/CutMix, class weights, label fixes, age threshold 58,
-    dropped boundary ages, gradient accumulation, the strong preset and training on all persons (fold -1)."""
+    """bf16 autocast on CPU, OneCycle, multitask head, focal loss, MixUp/CutMix, class weights, label fixes, age
+    threshold 58, dropped boundary ages, gradient accumulation, the strong preset and training on all persons (fold
+    -1)."""
     out = tmp_path / "all"
-    r = train_cli(*args(data, out, tmp_path / "cache", epochs=1, fold=-1, amp="true", scheduler="onecycle", head="multitask",
-                        loss="focal+0.5*symmetric_ce", mixup=0.5, cutmix=0.3, strip_cutmix=0.0, class_weights="balanced",
-                        label_fix="common", age_threshold_train=58, drop_boundary_ages="27-29,57-59", grad_accum=2,
-                        augment="strong", optimizer="adamw", lr=0.001))
+    r = train_cli(
+        *args(
+            data,
+            out,
+            tmp_path / "cache",
+            epochs=1,
+            fold=-1,
+            amp="true",
+            scheduler="onecycle",
+            head="multitask",
+            loss="focal+0.5*symmetric_ce",
+            mixup=0.5,
+            cutmix=0.3,
+            strip_cutmix=0.0,
+            class_weights="balanced",
+            label_fix="common",
+            age_threshold_train=58,
+            drop_boundary_ages="27-29,57-59",
+            grad_accum=2,
+            augment="strong",
+            optimizer="adamw",
+            lr=0.001,
+        )
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     params = json.loads((out / "params.json").read_text())
     assert params["label_fix"]["name"] == "common" and params["n_val_images"] == 0
@@ -112,7 +175,10 @@ def test_face_crops_are_the_same_for_train_and_eval_images(data, tmp_path, capsy
     import numpy as np
     from mask_pstage.training import make_params
     from mask_pstage.preprocess import load_image, crop_boxes, BOX_COLUMNS, face_boxes_path, prepare_data
-    p = make_params(data_dir=data, cache_dir=tmp_path / "cache", crop="face", img_size="64x48", n_folds=4, pretrained=False)
+
+    p = make_params(
+        data_dir=data, cache_dir=tmp_path / "cache", crop="face", img_size="64x48", n_folds=4, pretrained=False
+    )
     d = prepare_data(p)
     boxes = pd.read_csv(face_boxes_path(data), dtype={"path": str}).set_index("path")
     assert len(boxes) == len(d.table) + len(d.eval) and set(boxes.source) <= {"detected", "fallback"}
@@ -126,13 +192,17 @@ def test_face_crops_are_the_same_for_train_and_eval_images(data, tmp_path, capsy
     mtime = face_boxes_path(data).stat().st_mtime_ns
     square = prepare_data(make_params(p, crop_margin=0.1, crop_aspect="square"))
     assert square.crop["aspect"] == 1.0 and not (np.asarray(square.images[0]) == np.asarray(d.images[0])).all()
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4   # two crops x (train, eval)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # two crops x (train, eval)
     assert "detecting faces in" not in capsys.readouterr().out  # another crop reuses the detection
-    assert face_boxes_path(data).stat().st_mtime_ns == mtime    # and leaves the finished box file untouched
-    bad_params = ((dict(crop_margin=3), "crop_margin"), (dict(crop_aspect="wide"), "crop_aspect"),
-                  (dict(face_detector="yolo"), "face_detector"))
+    assert face_boxes_path(data).stat().st_mtime_ns == mtime  # and leaves the finished box file untouched
+    bad_params = (
+        (dict(crop_margin=3), "crop_margin"),
+        (dict(crop_aspect="wide"), "crop_aspect"),
+        (dict(face_detector="yolo"), "face_detector"),
+    )
     for bad, msg in bad_params:
-        with pytest.raises(ValueError, match=msg): make_params(p, **bad)
+        with pytest.raises(ValueError, match=msg):
+            make_params(p, **bad)
 
 
 def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
@@ -146,8 +216,21 @@ def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
     assert abs(saved.filter(regex=r"^p\d+$").sum(axis=1) - 1).max() < 1e-3
     for fold, leak in ((1, False), (2, True)):
         student = tmp_path / f"student{fold}"
-        r = train_cli(*args(data, student, cache, epochs=1, fold=fold, strip_cutmix=0.0, ema="false", model="mobilenetv3_small_050",
-                            teacher_runs=teacher, kd_alpha=0.7, kd_temperature=2.0))
+        r = train_cli(
+            *args(
+                data,
+                student,
+                cache,
+                epochs=1,
+                fold=fold,
+                strip_cutmix=0.0,
+                ema="false",
+                model="mobilenetv3_small_050",
+                teacher_runs=teacher,
+                kd_alpha=0.7,
+                kd_temperature=2.0,
+            )
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         kd = json.loads((student / "params.json").read_text())["distillation"]
         assert kd["alpha"] == 0.7 and kd["temperature"] == 2.0 and kd["teachers"] == [str(teacher)]
@@ -162,6 +245,7 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
     from it, and pruning of its best model, with metrics over its own classes."""
     from mask_pstage.core import read_train
     from mask_pstage.lightweight import run_model, prune_layers, validate, model_cost
+
     table = read_train(data)
     folder = tmp_path / "recycle"
     for i, row in table.iterrows():
@@ -172,11 +256,16 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
     base = dict(fold=0, n_folds=3, strip_cutmix=0.0, ema="false", epochs=1)
     r = train_cli(*args(folder, teacher, cache, **base, predict_train="true"))  # the student learns from its train.csv
     assert r.returncode == 0, r.stderr[-3000:]
-    metrics, saved = json.loads((teacher / "metrics.json").read_text()), json.loads((teacher / "params.json").read_text())
+    metrics, saved = (
+        json.loads((teacher / "metrics.json").read_text()),
+        json.loads((teacher / "params.json").read_text()),
+    )
     assert saved["classes"] == [f"class{c}" for c in range(9)] and len(metrics["f1_per_class"]) == 9
     assert "f1_mask" not in metrics and 0 <= metrics["macro_f1"] <= 1
     oof = pd.read_csv(teacher / "oof.csv")
-    assert [c for c in oof if c.startswith("p") and c[1:].isdigit()] == [f"p{c}" for c in range(9)] and "class_name" in oof
+    assert [c for c in oof if c.startswith("p") and c[1:].isdigit()] == [
+        f"p{c}" for c in range(9)
+    ] and "class_name" in oof
     assert not (teacher / "test.csv").exists()
     student = tmp_path / "student"
     r = train_cli(*args(folder, student, cache, teacher_runs=teacher, **base))
@@ -191,17 +280,25 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
 
 
 def test_gpu_preset_trains_offline_from_the_registry_weights(data, tmp_path):
-    """The gpu preset's recipe (ImageNet weights from the installed registry package, AMP, EMA, label smoothing, AdamW) runs
-    offline on a tiny set; params.json records where the weights came from, and the frozen stem keeps them exactly."""
+    """The gpu preset's recipe (ImageNet weights from the installed registry package, AMP, EMA, label smoothing, AdamW)
+    runs offline on a tiny set; params.json records where the weights came from, and the frozen stem keeps them
+    exactly."""
     import torch
     from mask_pstage.pipeline import preset_params
     from mask_pstage.runs import Run
     from mask_pstage.weights import file_sha256, registry_file
+
     _, params, _ = preset_params("gpu")
     assert params["pretrained"] is True and params["weights"] == "lite0"
     run = tmp_path / "gpu"
-    r = train_cli(*args(data, run, tmp_path / "cache", **{**params, "img_size": "64x48", "epochs": 1, "max_images": 120,
-                                                         "freeze": 1, "predict_train": "false"}))
+    r = train_cli(
+        *args(
+            data,
+            run,
+            tmp_path / "cache",
+            **{**params, "img_size": "64x48", "epochs": 1, "max_images": 120, "freeze": 1, "predict_train": "false"},
+        )
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((run / "params.json").read_text())
     assert info["params"]["model"] == params["model"] == "tf_efficientnet_lite0" and info["params"]["amp"] is True
@@ -210,16 +307,35 @@ def test_gpu_preset_trains_offline_from_the_registry_weights(data, tmp_path):
     assert info["weights"]["sha256"] == file_sha256(info["weights"]["file"])
     source = torch.load(registry_file("lite0"), weights_only=True)
     best = Run(run).state_dict("best")
-    assert torch.allclose(best["conv_stem.weight"], source["_conv_stem.weight"], atol=1e-6)  # frozen (freeze=1): ImageNet's stem
-    assert not torch.allclose(best["conv_head.weight"], source["_conv_head.weight"], atol=1e-6)  # trained (EMA of the updates)
+    assert torch.allclose(
+        best["conv_stem.weight"], source["_conv_stem.weight"], atol=1e-6
+    )  # frozen (freeze=1): ImageNet's stem
+    assert not torch.allclose(
+        best["conv_head.weight"], source["_conv_head.weight"], atol=1e-6
+    )  # trained (EMA of the updates)
     assert 0 <= json.loads((run / "metrics.json").read_text())["macro_f1"] <= 1
 
 
 def test_pipeline_offline_without_weights_says_what_to_do(data, tmp_path):
-    """Pretrained without offline weights on a machine that cannot download: the pipeline stops before its first step and
-    names the offline weights."""
-    r = subprocess.run([sys.executable, "-m", "mask_pstage.pipeline", "--data", str(data), "--run", str(tmp_path / "run"),
-                        "--train", "model=mobilenetv3_small_050", "--train", "pretrained=true"],
-                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    """Pretrained without offline weights on a machine that cannot download: the pipeline stops before its first step
+    and names the offline weights."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mask_pstage.pipeline",
+            "--data",
+            str(data),
+            "--run",
+            str(tmp_path / "run"),
+            "--train",
+            "model=mobilenetv3_small_050",
+            "--train",
+            "pretrained=true",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode != 0 and "weights=lite0 with model=tf_efficientnet_lite0" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and not (tmp_path / "run" / "01_eda.ipynb").exists()
