@@ -54,13 +54,13 @@ def validated_share(runs: list[Run], oof: pd.DataFrame) -> float | None:
     one split (each person in at most one run's fold, every image once): 1.0 for a full K-fold, k/K for k of its folds
     (an out-of-fold estimate on those persons); None when the folds overlap, differ in split or are subsampled."""
     p = runs[0].params
-    if p.get("max_images") or p.get("split", "person") != "person":
+    if p.max_images or p.split != "person":
         return None
-    if any((r.params.get("n_folds"), r.params.get("split", "person")) != (p.get("n_folds"), "person") for r in runs):
+    if any((r.params.n_folds, r.params.split) != (p.n_folds, "person") for r in runs):
         return None
     if oof.groupby("person_id").run.nunique().max() != 1 or oof.path.duplicated().any():
         return None
-    persons = set(read_train(p["data_dir"]).person_id)
+    persons = set(read_train(p.data_dir).person_id)
     if not set(oof.person_id) <= persons:
         return None
     return len(set(oof.person_id)) / len(persons)
@@ -225,7 +225,7 @@ def noise_detection(suspects: pd.DataFrame, manifest: pd.DataFrame, threshold: f
 # %% ../nbs/04b_analysis.ipynb #a04s0001
 def _eval_f1(run: Run) -> float:
     "Macro F1 of a run's eval predictions (test.csv) against eval_truth.csv beside its data, if both exist."
-    truth_path = resolve_path(run.params["data_dir"]) / "eval_truth.csv"
+    truth_path = resolve_path(run.params.data_dir) / "eval_truth.csv"
     test = run.test()
     if test is None or not truth_path.exists():
         return float("nan")
@@ -240,17 +240,17 @@ def split_comparison(runs, image_runs) -> pd.DataFrame:
     """The same recipe validated on person-level folds (`runs`) and on image-level folds (`image_runs`, trained with
     split=image), fold by fold: validation macro F1 of each, and the eval score of each model where the data has the
     truth."""
-    person = {r.params["fold"]: r for r in find_runs(runs)}
+    person = {r.params.fold: r for r in find_runs(runs)}
     rows = []
     for r in find_runs(image_runs):
-        if r.params.get("split", "person") != "image":
+        if r.params.split != "image":
             raise ValueError(
                 f"{r.path} was trained with split=person; image_split_runs needs runs trained with split=image"
             )
-        pr = person.get(r.params["fold"])
+        pr = person.get(r.params.fold)
         rows.append(
             dict(
-                fold=r.params["fold"],
+                fold=r.params.fold,
                 person_split_val_f1=pr.metrics["macro_f1"] if pr else float("nan"),
                 image_split_val_f1=r.metrics["macro_f1"],
                 person_split_eval_f1=_eval_f1(pr) if pr else float("nan"),
@@ -289,7 +289,7 @@ def run_analysis(runs, out_dir="", gallery_size: int = 18, noise_manifest="", im
     write_csv(per_class, out / "per_class.csv")
     suspects = noise_suspects(oof)
     manifest_path = (
-        Path(noise_manifest) if noise_manifest else resolve_path(runs[0].params["data_dir"]) / "label_noise.csv"
+        Path(noise_manifest) if noise_manifest else resolve_path(runs[0].params.data_dir) / "label_noise.csv"
     )
     if manifest_path.exists():
         manifest = pd.read_csv(manifest_path, dtype={"person_id": str})

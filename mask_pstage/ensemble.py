@@ -13,18 +13,17 @@ from .runs import Run, find_runs, all_runs
 from .models import input_norm, predict
 from .submission import write_submission, score
 from .analysis import validated_share
-from .persons import POOLINGS, group_persons, grouping_scores, pool_person_probs
-
-METHODS = ("soft", "hard", "weighted")
+from .persons import group_persons, grouping_scores, pool_person_probs
+from .params import ENSEMBLE_METHODS as METHODS, EnsembleParams
 
 # %% auto #0
-__all__ = ['METHODS', 'repredict', 'model_predictions', 'combine', 'leaderboard', 'run_ensemble']
+__all__ = ['repredict', 'model_predictions', 'combine', 'leaderboard', 'run_ensemble']
 
 # %% ../nbs/05a_ensemble.ipynb #a8fd32dc
 def repredict(run: Run, tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     """(oof, test) probabilities of `run` recomputed from its best checkpoint or its last epochs' mean weights, with
     optional flip TTA."""
-    if not run.params.get("predict_eval", True):
+    if not run.params.predict_eval:
         raise ValueError(
             f"run {run} was trained with predict_eval false: it has no eval predictions to recompute with tta or "
             f"average_last; retrain it with predict_eval true, or leave it out of runs"
@@ -32,7 +31,7 @@ def repredict(run: Run, tta: bool = False, average_last: int = 0) -> tuple[pd.Da
     data = run.fold_data()
     if data.eval is None or data.eval_images is None:
         raise ValueError(
-            f"run {run} has no eval images to predict (its data folder {run.params['data_dir']} has no eval/)"
+            f"run {run} has no eval images to predict (its data folder {run.params.data_dir} has no eval/)"
         )
     model = run.model(average_last or "best")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -44,8 +43,8 @@ def repredict(run: Run, tta: bool = False, average_last: int = 0) -> tuple[pd.Da
         mean,
         std,
         device,
-        channels_last=run.params["channels_last"],
-        amp=run.params["amp"],
+        channels_last=run.params.channels_last,
+        amp=run.params.amp,
         flip=tta,
     )
     oof = run.oof()
@@ -115,23 +114,23 @@ def leaderboard(root="outputs") -> pd.DataFrame:
         rows.append(
             dict(
                 run=str(run.path.relative_to(resolve_path(root))),
-                model=p["model"],
-                fold=p["fold"],
-                img_size="x".join(map(str, p["img_size"])),
-                head=p["head"],
-                loss=p["loss"],
-                epochs=p["epochs"],
-                label_fix=p["label_fix"],
-                augment=p["augment"],
+                model=p.model,
+                fold=p.fold,
+                img_size="x".join(map(str, p.img_size)),
+                head=p.head,
+                loss=p.loss,
+                epochs=p.epochs,
+                label_fix=p.label_fix,
+                augment=p.augment,
                 macro_f1=met.get("macro_f1"),
                 f1_mask=met.get("f1_mask"),
                 f1_gender=met.get("f1_gender"),
                 f1_age=met.get("f1_age"),
                 macs=met.get("macs"),
                 params=met.get("params"),
-                crop=p.get("crop", "none"),
-                distilled=bool(p.get("teacher_runs")),
-                pruned=bool(p.get("init_model")),
+                crop=p.crop,
+                distilled=bool(p.teacher_runs),
+                pruned=bool(p.init_model),
                 wall_seconds=met.get("wall_seconds"),
             )
         )
@@ -191,21 +190,24 @@ def run_ensemble(
     """Combine the models of `runs` (specs separated by ';') into test_probs.csv, submission.csv and ensemble.json in
     `out_dir`; with `person_pooling`, gender and age are pooled over the eval images that `group_persons` puts
     together."""
-    if person_pooling not in ("none", *POOLINGS):
-        raise ValueError(f"unknown person_pooling {person_pooling!r}; choose one of {['none', *POOLINGS]}")
+    ep = EnsembleParams.from_dict(
+        dict(
+            runs=runs, method=method, weights=weights, tta=tta, average_last=average_last, person_pooling=person_pooling
+        )
+    ).check()  # papermill passes strings: typed and checked here, a bad value named
+    method, tta, average_last = ep.method, ep.tta, ep.average_last
     models = [find_runs(spec) for spec in runs.split(";") if spec.strip()]
     out = resolve_path(out_dir) if out_dir else models[0][0].path.parent / "ensemble"
     out.mkdir(parents=True, exist_ok=True)
     w = [float(x) for x in weights.split(",")] if weights else None
-    tta = str(tta).strip().lower() in ("true", "1", "yes")  # papermill may pass "true"
-    preds = [model_predictions(m, tta, int(average_last)) for m in models]
-    data_dir = models[0][0].params["data_dir"]
+    preds = [model_predictions(m, tta, average_last) for m in models]
+    data_dir = models[0][0].params.data_dir
     report = dict(
         models=[[str(r) for r in m] for m in models],
         method=method,
         weights=w,
         tta=tta,
-        average_last=int(average_last),
+        average_last=average_last,
         person_pooling=person_pooling,
     )
     report.update(_oof_report(models, preds, method, w, person_pooling))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import timm
 from .core import N_CLASSES, resolve_path, atomic_path, progress_bar
 from .weights import resolve_weights
+from .params import TrainParams
 
 # %% auto #0
 __all__ = ['AGES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model', 'save_model', 'load_model',
@@ -110,15 +111,14 @@ def load_model(path) -> nn.Module:
 
 
 def make_model(params, pretrained: bool | None = None, n_classes: int = N_CLASSES) -> nn.Module:
-    """The model of a run with `params` (dict or object): its `init_model` file if set, else timm's `model` with its
-    `head`."""
-    p = params if isinstance(params, dict) else vars(params)
-    if p.get("init_model"):
-        return load_model(p["init_model"])
-    pretrained = p.get("pretrained", False) if pretrained is None else pretrained
-    weights = (p.get("weights") or p.get("weights_path", "")) if pretrained else ""  # weights_path: older runs' name
-    file = str(resolve_weights(weights, p["model"], p.get("cache_dir", "outputs/cache"))[0]) if weights else ""
-    return create_model(p["model"], p.get("head", "single"), pretrained, file, n_classes, p.get("age_cut_old", 60))
+    """The model of a run with `params` (TrainParams, or a dict read as a saved params.json): its `init_model` file if
+    set, else timm's `model` with its `head`."""
+    p = TrainParams.from_dict(params, saved=True) if isinstance(params, dict) else params
+    if p.init_model:
+        return load_model(p.init_model)
+    pretrained = p.pretrained if pretrained is None else pretrained
+    file = str(resolve_weights(p.weights, p.model, p.cache_dir)[0]) if pretrained and p.weights else ""
+    return create_model(p.model, p.head, pretrained, file, n_classes, p.age_cut_old)
 
 # %% ../nbs/01a_models.ipynb #f7ccfb58
 def freeze_groups(model: nn.Module, n: int) -> list[nn.Module]:

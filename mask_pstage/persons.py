@@ -10,8 +10,8 @@ import pandas as pd
 import cv2
 
 # %% auto #0
-__all__ = ['POOLINGS', 'image_features', 'extract_features', 'pair_ncc', 'combine', 'merge_small', 'refine_moves',
-           'group_persons', 'grouping_scores', 'pool_person_probs']
+__all__ = ['image_features', 'extract_features', 'pair_ncc', 'combine', 'merge_small', 'refine_moves', 'group_persons',
+           'grouping_scores', 'pool_person_probs']
 
 # %% ../nbs/04a_persons.ipynb #07e8ed4e
 def _load_small(path, reduce: int = 4):
@@ -303,7 +303,7 @@ def grouping_scores(true_ids, pred_ids) -> dict:
     )
 
 # %% ../nbs/04a_persons.ipynb #231faf96
-POOLINGS = ("joint-log", "joint-mean", "sep-log", "sep-mean")
+from .params import POOLINGS  # the names the parameters accept
 
 
 def pool_person_probs(probs, groups, how: str = "joint-log", eps: float = 1e-6) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, sys, json, time, argparse, hashlib
 from pathlib import Path
 from .core import LayoutError, Problem, in_notebook, project_root, resolve_path, atomic_path, validate_layout
-from .training import make_params
+from .params import PRESETS, recipe, parse_kv
 from .kernels import ipc_kernel_manager
 from .runs import Run
 
@@ -59,99 +59,8 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     return out_nb
 
 # %% auto #0
-__all__ = ['NBS', 'PRESETS', 'PipelineError', 'run_step', 'preset_params', 'run_pipeline', 'check_pretrained', 'check_data',
-           'selected_epochs', 'make_pseudo_labels', 'write_summary', 'main']
-
-# %% ../nbs/07_pipeline.ipynb #09e68698
-PRESETS = dict(
-    # pretrained, chosen on utk_dev by the CV estimate of fold 0 of 5 (nbs/08_real_faces.ipynb has every candidate):
-    # AdamW 1e-3 for 3 epochs at 128x96 (more epochs or pixels do not fit 10 minutes: 30-50 images/s here); freezing the
-    # stem and first two stages raised CV from 0.479 to 0.530 and cut the time by a third (freeze=4: 0.505); label
-    # smoothing raised it to 0.587 (pooled; 0.534 unpooled). Lost on CV: the multitask head (0.469), 112x84 (0.451),
-    # batch 32 (0.526), 2 epochs (0.502), crop margin 0.5 (0.543). Every candidate scored 0.48-0.50 on eval (pooled)
-    cpu=dict(
-        folds=5,
-        train_folds=1,
-        train=dict(
-            model="tf_efficientnet_lite0",
-            pretrained=True,
-            weights="lite0",
-            img_size="128x96",
-            crop="face",
-            crop_margin=0.99,
-            epochs=3,
-            optimizer="adamw",
-            lr=1e-3,
-            weight_decay=0.02,
-            scheduler="cosine",
-            warmup_epochs=0,
-            freeze=3,
-            loss="label_smoothing",
-            augment="base",
-            head="single",
-            predict_train=False,
-        ),
-        ensemble=dict(person_pooling="joint-log"),
-    ),
-    # from scratch (the cpu preset before pretrained weights; for the lightweight competition and for comparison): the
-    # Optuna study outputs/real/search_utk (21 trials) found lr 0.064, weight decay 3e-5 and crop margin 0.99 best; one
-    # fold of five for 12 epochs fits 10 minutes on 2 cores. Measured from scratch: 9.2 minutes, eval 0.360, CV 0.352
-    # (fold 0); on folds 1 and 2 of five the same recipe scores eval 0.247 and 0.320 (CV 0.301, 0.316)
-    scratch=dict(
-        folds=5,
-        train_folds=1,
-        train=dict(
-            model="mobilenetv3_small_100",
-            pretrained=False,
-            img_size="128x96",
-            crop="face",
-            crop_margin=0.99,
-            epochs=12,
-            optimizer="sgd",
-            lr=0.064,
-            weight_decay=3e-5,
-            scheduler="cosine",
-            augment="base",
-            head="single",
-        ),
-        ensemble=dict(person_pooling="joint-log"),
-    ),
-    # a GPU server: the same offline ImageNet weights (or any timm model with --train model=NAME --train weights= for
-    # timm's download), a larger input, all five folds, more epochs, fp16 AMP, EMA; accuracy not measured on a GPU here
-    gpu=dict(
-        folds=5,
-        train=dict(
-            model="tf_efficientnet_lite0",
-            pretrained=True,
-            weights="lite0",
-            img_size="256x192",
-            crop="face",
-            epochs=10,
-            optimizer="adamw",
-            lr=5e-4,
-            weight_decay=0.02,
-            scheduler="cosine",
-            warmup_epochs=1,
-            freeze=1,
-            loss="label_smoothing",
-            augment="base",
-            amp=True,
-            ema=True,
-            head="single",
-        ),
-        ensemble=dict(tta=True),
-    ),
-)
-
-
-def preset_params(
-    preset: str, train: dict | None = None, ensemble: dict | None = None
-) -> tuple[int | None, dict, dict]:
-    "(folds, training parameters, ensemble parameters) of `preset` ('' for none) with the given parameters on top."
-    if preset and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
-    base = PRESETS.get(preset, dict(folds=None, train={}, ensemble={}))
-    return base["folds"], {**base["train"], **(train or {})}, {**base["ensemble"], **(ensemble or {})}
+__all__ = ['NBS', 'PipelineError', 'run_step', 'run_pipeline', 'check_pretrained', 'check_data', 'selected_epochs',
+           'make_pseudo_labels', 'write_summary', 'main']
 
 # %% ../nbs/07_pipeline.ipynb #34fcb6dc
 def run_pipeline(
@@ -179,12 +88,9 @@ def run_pipeline(
     the eval images the first round's ensemble is confident about (every attribute's probability >= the threshold;
     run/pseudo)."""
     data_dir, run, t0 = str(resolve_path(data_dir)), resolve_path(run_dir), time.time()
-    preset_folds, train, ensemble = preset_params(preset, train, ensemble)
-    n_folds = n_folds or preset_folds or 5
-    n_train = train_folds or PRESETS.get(preset, {}).get("train_folds") or n_folds
-    if not 1 <= n_train <= n_folds:
-        raise ValueError(f"train_folds={n_train} must be between 1 and the number of folds ({n_folds})")
-    p = make_params(train, data_dir=data_dir, n_folds=n_folds, fold=0)  # a bad value fails here, with the valid choices
+    r = recipe(preset, train, ensemble, n_folds, train_folds)
+    n_folds, n_train, train, ensemble = r.folds, r.n_train, r.train, r.ensemble
+    p, _ = r.check(data_dir)  # every training and ensemble value, before any step: a bad one is named with the choices
     check_data(data_dir, run, log)
     check_pretrained(p, log)
     run.mkdir(parents=True, exist_ok=True)
@@ -332,7 +238,7 @@ def run_pipeline(
             force,
             log,
         )
-    recipe = dict(
+    record = dict(
         data_dir=data_dir,
         preset=preset,
         folds=n_folds,
@@ -343,7 +249,7 @@ def run_pipeline(
         pseudo_threshold=pseudo_threshold,
         image_split=image_split,
     )
-    summary = write_summary(run, time.time() - t0, recipe)
+    summary = write_summary(run, time.time() - t0, record)
     log(f"pipeline finished in {time.time() - t0:.0f} s: {run / 'summary.md'}")
     return summary
 
@@ -558,7 +464,7 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
     )
     if (run / "train_all").exists() and score_of("ensemble_all") is not None:
         summary["train_all"] = dict(
-            epochs=Run(run / "train_all").params["epochs"],
+            epochs=Run(run / "train_all").params.epochs,
             eval_alone=score_of("ensemble_all"),
             eval_with_folds=score_of("ensemble_folds_all"),
             eval_folds=score_of("ensemble"),
@@ -604,16 +510,6 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
     return summary
 
 # %% ../nbs/07_pipeline.ipynb #47021ef1
-def _kv(items) -> dict:
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise SystemExit(f"error: expected key=value, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k] = v
-    return out
-
-
 def main(argv=None):
     "Run the whole pipeline from the command line."
     ap = argparse.ArgumentParser(prog="python -m mask_pstage.pipeline", description=main.__doc__)
@@ -660,8 +556,8 @@ def main(argv=None):
             a.data,
             a.run,
             a.folds,
-            _kv(a.train),
-            _kv(a.ensemble),
+            parse_kv(a.train),
+            parse_kv(a.ensemble),
             a.skip_train,
             a.force,
             preset=a.preset,

@@ -26,14 +26,14 @@ from mask_pstage.core import (
     MASKS,
 )
 from .tasks import task_for, parse_ages
+from .params import AUGMENT_NAMES, CROP_ASPECTS, FACE_DETECTOR_NAMES, parse_size
 
 # %% auto #0
-__all__ = ['FACE_DETECTORS', 'DEFAULT_FACE_BOX', 'FACE_COLUMNS', 'BOX_COLUMNS', 'CROP_ASPECTS', 'CACHE_VERSION',
-           'AUGMENT_PRESETS', 'create_face_detector', 'detect_image', 'face_boxes_path', 'dataset_images',
-           'fallback_box', 'finish_boxes', 'face_boxes', 'detection_rates', 'crop_boxes', 'crop_aspect_ratio',
-           'parse_size', 'cache_key', 'load_image', 'build_cache', 'plot_crops', 'run_preprocess', 'mean_crop_aspect',
-           'aspect_size', 'build_augment', 'CachedImages', 'collate_uint8', 'FoldData', 'face_crops', 'prepare_data',
-           'faces_main']
+__all__ = ['FACE_DETECTORS', 'DEFAULT_FACE_BOX', 'FACE_COLUMNS', 'BOX_COLUMNS', 'CACHE_VERSION', 'AUGMENT_PRESETS',
+           'create_face_detector', 'detect_image', 'face_boxes_path', 'dataset_images', 'fallback_box', 'finish_boxes',
+           'face_boxes', 'detection_rates', 'crop_boxes', 'crop_aspect_ratio', 'cache_key', 'load_image', 'build_cache',
+           'plot_crops', 'run_preprocess', 'mean_crop_aspect', 'aspect_size', 'build_augment', 'CachedImages',
+           'collate_uint8', 'FoldData', 'face_crops', 'prepare_data', 'faces_main']
 
 # %% ../nbs/02b_preprocessing.ipynb #14c415eb
 def _mtcnn(min_face_size: int = 24, thresholds=(0.5, 0.6, 0.6)):
@@ -56,6 +56,7 @@ def _mtcnn(min_face_size: int = 24, thresholds=(0.5, 0.6, 0.6)):
 
 
 FACE_DETECTORS = {"mtcnn": _mtcnn}
+assert tuple(FACE_DETECTORS) == FACE_DETECTOR_NAMES  # the names the parameters accept (params)
 
 
 def create_face_detector(name: str = "mtcnn", **kwargs):
@@ -258,9 +259,6 @@ def crop_boxes(boxes, width, height, margin: float = 0.3, aspect: float | None =
     return np.stack([x0, y0, x0 + w, y0 + h], 1).round().astype(int)
 
 
-CROP_ASPECTS = ("model", "square")
-
-
 def crop_aspect_ratio(crop_aspect: str, img_size) -> float:
     "height / width of crops: the model input's (`model`) or 1 (`square`)."
     if crop_aspect not in CROP_ASPECTS:
@@ -269,24 +267,6 @@ def crop_aspect_ratio(crop_aspect: str, img_size) -> float:
 
 # %% ../nbs/02b_preprocessing.ipynb #627eb184
 CACHE_VERSION = 2
-
-
-def parse_size(img_size) -> tuple[int, int]:
-    "(H, W) from (H, W), [H, W], 'HxW' or 'H,W' (papermill passes strings)."
-    if isinstance(img_size, str):
-        parts = img_size.replace("x", ",").strip("()[] ").split(",")
-    elif isinstance(img_size, int):
-        parts = [img_size, img_size]
-    else:
-        parts = list(img_size)
-    try:
-        h, w = (int(p) for p in parts)
-        assert h >= 16 and w >= 16
-    except Exception:
-        raise ValueError(
-            f"img_size must be (height, width) with both >= 16, e.g. (128, 96) or '128x96'; got {img_size!r}"
-        ) from None
-    return h, w
 
 
 def cache_key(paths, size, boxes=None) -> str:
@@ -472,6 +452,7 @@ AUGMENT_PRESETS = {
         ]
     ),
 }
+assert tuple(AUGMENT_PRESETS) == AUGMENT_NAMES  # the names the parameters accept (params)
 
 
 def build_augment(name: str, seed: int | None = None) -> A.Compose:
@@ -564,7 +545,7 @@ def prepare_data(p, cache: bool = True) -> FoldData:
     cached images."""
     d = task_for(p.data_dir).read(p)
     train_rows, val_rows = d.fold_rows(p.fold)
-    dropped = parse_ages(getattr(p, "drop_boundary_ages", ""))
+    dropped = parse_ages(p.drop_boundary_ages)
     if dropped:
         train_rows = train_rows[~np.isin(d.table.age_train.to_numpy()[train_rows], dropped)]
     out = FoldData(d.task, d.table, train_rows, val_rows, d.eval, d.label_fix, dict(name=p.crop), ignored=d.ignored)

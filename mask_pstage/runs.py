@@ -6,12 +6,12 @@
 from __future__ import annotations
 import glob, json, shutil
 from pathlib import Path
-from types import SimpleNamespace
 import pandas as pd
 from fastcore.basics import patch
 from .core import N_CLASSES, atomic_path, resolve_path, write_csv
 from .models import average_states, load_checkpoint, make_model
 from .models import save_checkpoint as write_checkpoint
+from .params import TrainParams
 
 # %% auto #0
 __all__ = ['PARAMS', 'METRICS', 'HISTORY', 'PREDICTIONS', 'BEST', 'LAST', 'EPOCH', 'EVENTS', 'CURVES', 'Run', 'all_runs',
@@ -67,8 +67,9 @@ class Run:
         return json.loads((self.path / PARAMS).read_text())
 
     @property
-    def params(self) -> dict:
-        return self.info["params"]
+    def params(self) -> TrainParams:
+        "The training parameters, typed; a params.json of any version loads (`TrainParams.from_dict(saved=True)`)."
+        return TrainParams.from_dict(self.info["params"], saved=True)
 
     @property
     def classes(self) -> list | None:
@@ -155,7 +156,7 @@ def check_start(self: Run, params: dict, defaults: dict, may_change=()):
     "Refuse to overwrite a run by accident, and to resume one with different parameters."
     plain = lambda v: json.loads(json.dumps(v, default=str))
     if params.get("resume") and (self.path / PARAMS).exists():
-        old, defaults = self.params, plain(defaults)
+        old, defaults = self.info["params"], plain(defaults)
         skip = {"resume", "overwrite", *may_change}
         diff = {
             k: (old.get(k, defaults.get(k)), v)
@@ -205,8 +206,7 @@ def fold_data(self: Run, cache: bool = True, **overrides):
     asked."""
     from mask_pstage.preprocess import prepare_data
 
-    p = {**self.params, **overrides}
-    return prepare_data(SimpleNamespace(**{**p, "img_size": tuple(p["img_size"])}), cache)
+    return prepare_data(TrainParams.from_dict(self.params, **overrides), cache)
 
 # %% ../nbs/02a_runs.ipynb #6a485b6f
 def all_runs(root) -> list[Run]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from .core import atomic_path, in_notebook, resolve_path, save_figure, write_csv
 from .training import make_params, train
+from .params import parse_kv, recipe
 
 # %% auto #0
 __all__ = ['SPACES', 'PRUNERS', 'OBJECTIVES', 'load_space', 'suggest', 'base_trial', 'check_space', 'study_storage',
@@ -368,8 +369,6 @@ def save_study_plots(study, out) -> dict:
 # %% ../nbs/09a_search.ipynb #s9a00015
 def main(argv=None):
     "Start or join an Optuna study of training parameters (one fold per trial)."
-    from mask_pstage.pipeline import preset_params, _kv  # the pipeline's KEY=VALUE parsing, shared
-
     ap = argparse.ArgumentParser(prog="mask-pstage-search", description=main.__doc__)
     ap.add_argument("--data", required=True, help="dataset in the competition layout (or class folders)")
     ap.add_argument("--run", required=True, help="run folder of the study: trials/, study.journal, trials.csv, plots")
@@ -394,7 +393,7 @@ def main(argv=None):
     )
     a = ap.parse_args(argv)
     try:
-        _, base, _ = preset_params(a.preset, _kv(a.train))
+        base = recipe(a.preset, parse_kv(a.train)).train
         study = run_search(
             a.data,
             a.run,

@@ -128,17 +128,15 @@ class CompetitionTask:
         all_paths = list(table.path) + (list(evals.path) if evals is not None else [])
         if p.max_images and p.max_images < len(table):
             persons = table.person_id.unique()
-            keep = np.random.default_rng(_fold_seed(p)).permutation(persons)[
+            keep = np.random.default_rng(p.fold_seed).permutation(persons)[
                 : max(p.n_folds, math.ceil(p.max_images / 7))
             ]
             table = table[table.person_id.isin(keep)].reset_index(drop=True)
-        if (
-            getattr(p, "split", "person") == "image"
-        ):  # folds of images, persons on both sides: to measure how much that flatters
-            table = table.assign(fold=np.random.default_rng(_fold_seed(p)).permutation(len(table)) % p.n_folds)
+        if p.split == "image":  # folds of images, persons on both sides: to measure how much that flatters
+            table = table.assign(fold=np.random.default_rng(p.fold_seed).permutation(len(table)) % p.n_folds)
         else:
-            table = assign_folds(table, p.n_folds, _fold_seed(p))
-        if getattr(p, "pseudo_labels", ""):
+            table = assign_folds(table, p.n_folds, p.fold_seed)
+        if p.pseudo_labels:
             table = add_pseudo_labels(table, read_eval(self.data_dir), p.pseudo_labels)
         return TaskData(self, table, evals if p.predict_eval else None, fixed.attrs["label_fix"], all_paths, ignored)
 
@@ -173,24 +171,19 @@ class FolderTask(CompetitionTask):
         if p.max_images and p.max_images < len(table):
             table = (
                 table.groupby("label", group_keys=False)
-                .sample(frac=p.max_images / len(table), random_state=_fold_seed(p))
+                .sample(frac=p.max_images / len(table), random_state=p.fold_seed)
                 .sort_index()
                 .reset_index(drop=True)
             )
         return TaskData(
             self,
-            assign_label_folds(table, p.n_folds, _fold_seed(p)).assign(label_train=table.label),
+            assign_label_folds(table, p.n_folds, p.fold_seed).assign(label_train=table.label),
             all_paths=all_paths,
         )
 
     def metrics(self, y_true, probs) -> dict:
         "Macro F1, accuracy and F1 per class over the folder's classes."
         return imagefolder_metrics(y_true, probs, len(self.classes))
-
-
-def _fold_seed(p) -> int:
-    "The seed of the fold split (runs saved before `fold_seed` existed split with `seed`)."
-    return getattr(p, "fold_seed", p.seed)
 
 
 def task_for(data_dir) -> CompetitionTask:

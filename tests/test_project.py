@@ -184,17 +184,25 @@ def test_synth_cli_and_validator_on_a_corrupted_copy(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout) == {"public": 1.0, "private": 1.0, "all": 1.0}
 
 
-def test_train_notebook_parameters_match_the_library():
-    "The parameters cell of 03_train.ipynb lists every TrainParams field with the same default."
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("03_train.ipynb", "TrainParams"),
+        ("04_error_analysis.ipynb", "AnalysisParams"),
+        ("05_ensemble.ipynb", "EnsembleParams"),
+    ],
+)
+def test_job_notebook_parameters_match_the_library(name, cls):
+    "A job notebook's parameters cell lists every field of its dataclass in mask_pstage.params, with its default."
     import ast, papermill
     from dataclasses import asdict
-    from mask_pstage.training import TrainParams
+    import mask_pstage.params as params
 
-    nb_params = papermill.inspect_notebook(str(ROOT / "nbs" / "03_train.ipynb"))
-    defaults = asdict(TrainParams())
+    nb_params = papermill.inspect_notebook(str(ROOT / "nbs" / name))
+    defaults = asdict(getattr(params, cls)())
     assert list(nb_params) == list(defaults)
-    for name, info in nb_params.items():
-        assert ast.literal_eval(info["default"]) == defaults[name], name
+    for field, info in nb_params.items():
+        assert ast.literal_eval(info["default"]) == defaults[field], field
 
 
 def test_preprocess_job_notebook_writes_the_box_file_of_a_fresh_dataset(tmp_path):

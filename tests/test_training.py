@@ -284,11 +284,11 @@ def test_gpu_preset_trains_offline_from_the_registry_weights(data, tmp_path):
     runs offline on a tiny set; params.json records where the weights came from, and the frozen stem keeps them
     exactly."""
     import torch
-    from mask_pstage.pipeline import preset_params
+    from mask_pstage.params import recipe
     from mask_pstage.runs import Run
     from mask_pstage.weights import file_sha256, registry_file
 
-    _, params, _ = preset_params("gpu")
+    params = recipe("gpu").train
     assert params["pretrained"] is True and params["weights"] == "lite0"
     run = tmp_path / "gpu"
     r = train_cli(
