@@ -1,6 +1,6 @@
 # mask_pstage: two commands.
 #   make demo   set up .venv, generate the synthetic competition if missing, run the main job into outputs/demo/
-#   make test   set up .venv and run the test suite (what CI runs)
+#   make test   set up .venv and run the test suite's fast tier (make test-slow: the second tier; CI runs both)
 #
 # torch and torchvision are installed as a pinned pair first. For a GPU server pick the pair and the
 # wheel index for your CUDA version, e.g.  make demo TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url <your CUDA index>"
@@ -21,7 +21,7 @@ FOLDS        ?=
 PRESET       ?=
 EPOCHS       ?= 12
 
-.PHONY: install data demo eda train pipeline lightweight test lab clean-nbs export bench
+.PHONY: install data demo eda train pipeline lightweight test test-slow lab clean-nbs export bench
 
 install: $(VENV)/.installed
 
@@ -71,7 +71,11 @@ lightweight: data
 # lint (ruff over the notebooks, tests and benchmarks), then the test suite
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -v -p no:cacheprovider
+	$(BIN)/python -m pytest tests -v -p no:cacheprovider -m "not slow" --durations=10
+
+# the second tier: kill-and-resume, torchrun, Optuna workers, every pipeline option, the browser (CI runs both tiers)
+test-slow: install
+	$(BIN)/python -m pytest tests -v -p no:cacheprovider -m slow --durations=10
 
 # JupyterLab on nbs/ with this environment as the named kernel "Python (mask_pstage)"; LAB_ARGS="--port 8890" etc.
 LAB_ARGS ?=

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from mask_pstage.core import (
+    age_band,
+    attribute_probs,
     AGE_BANDS,
     GENDERS,
     MASKS,
@@ -25,7 +27,7 @@ from mask_pstage.core import (
     atomic_path,
     open_rgb,
 )
-from .runs import Run, find_runs
+from .runs import ANALYSIS_SUMMARY, Run, find_runs
 
 # %% auto #0
 __all__ = ['NOISE_FIELDS', 'load_oof', 'fold_table', 'validated_share', 'covers_all_persons', 'confusion_plots',
@@ -165,10 +167,8 @@ def noise_suspects(oof: pd.DataFrame, eps: float = 0.1) -> pd.DataFrame:
     `incorrect_mask` and `normal` photos are swapped. Each field is centred on its median over all persons (a field the
     model is unsure about everywhere, such as age, needs more), and a person's score is the largest of its fields."""
     probs = oof[PROB_COLUMNS].to_numpy()
-    m, g, a = decode_label(np.arange(N_CLASSES))
-    marg = lambda idx, k: np.stack([probs[:, idx == j].sum(1) for j in range(k)], 1)
-    band = oof.age_band.to_numpy() if "age_band" in oof else np.digitize(oof.age.to_numpy(), [30, 60])
-    mm = marg(m, 3)
+    mm, gm, am = attribute_probs(probs)
+    band = oof.age_band.to_numpy() if "age_band" in oof else age_band(oof.age.to_numpy())
     mm = mm / mm.sum(1, keepdims=True)
     inc, nor = (oof.stem == "incorrect_mask").to_numpy(), (oof.stem == "normal").to_numpy()
     c = lambda x: x.clip(eps, 1 - eps)
@@ -176,8 +176,8 @@ def noise_suspects(oof: pd.DataFrame, eps: float = 0.1) -> pd.DataFrame:
         inc, np.log(c(mm[:, 2])) - np.log(c(mm[:, 1])), np.where(nor, np.log(c(mm[:, 1])) - np.log(c(mm[:, 2])), np.nan)
     )
     df = oof.assign(
-        gender_lo=_log_odds_against(marg(g, 2), oof.gender.to_numpy(), eps),
-        age_lo=_log_odds_against(marg(a, 3), band, eps),
+        gender_lo=_log_odds_against(gm, oof.gender.to_numpy(), eps),
+        age_lo=_log_odds_against(am, band, eps),
         mask_swap_lo=swap,
     )
     per = (
@@ -300,7 +300,7 @@ def run_analysis(runs, out_dir="", gallery_size: int = 18, noise_manifest="", im
     if splits is not None:
         write_csv(splits, out / "split_comparison.csv")
         summary["split_comparison"] = {k: float(v) for k, v in splits.drop(columns="fold").mean().items()}
-    with atomic_path(out / "summary.json") as tmp:
+    with atomic_path(out / ANALYSIS_SUMMARY) as tmp:
         tmp.write_text(json.dumps(summary, indent=1, default=float))
     return SimpleNamespace(
         runs=runs,

@@ -13,12 +13,12 @@ import pandas as pd
 # %% auto #0
 __all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORING_AGE_THRESHOLD', 'STEM_TO_MASK', 'IMAGE_STEMS',
            'IMAGE_EXTS', 'PARTIAL_SUFFIX', 'MIN_IMAGE_SIDE', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES', 'age_band',
-           'encode_label', 'decode_label', 'class_names', 'project_root', 'resolve_path', 'in_notebook', 'in_test',
-           'progress_bar', 'atomic_path', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError',
-           'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_upright',
-           'open_rgb', 'decode_images', 'validate_layout', 'format_report', 'validate_main', 'label_fix_table',
-           'apply_label_fixes', 'classification_metrics', 'assign_folds', 'imagefolder_root', 'read_imagefolder',
-           'imagefolder_metrics', 'assign_label_folds']
+           'encode_label', 'decode_label', 'attribute_probs', 'class_names', 'project_root', 'resolve_path',
+           'in_notebook', 'in_test', 'progress_bar', 'atomic_path', 'remove_partial', 'save_figure', 'write_csv',
+           'Problem', 'LayoutError', 'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval',
+           'image_size', 'open_upright', 'open_rgb', 'decode_images', 'validate_layout', 'format_report',
+           'validate_main', 'label_fix_table', 'apply_label_fixes', 'classification_metrics', 'assign_folds',
+           'imagefolder_root', 'read_imagefolder', 'imagefolder_metrics', 'assign_label_folds']
 
 # %% ../nbs/00_core.ipynb #2fde608a
 MASKS = ("wear", "incorrect", "not_wear")
@@ -52,6 +52,12 @@ def decode_label(label):
     "(mask, gender, age_band) of an 18-class label (scalar or array)."
     label = np.asarray(label) if np.ndim(label) else int(label)
     return label // 6, (label // 3) % 2, label % 3
+
+
+def attribute_probs(probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "The (N, 3) mask, (N, 2) gender and (N, 3) age-band marginals of 18-class probabilities (N, 18)."
+    P = np.asarray(probs, np.float64).reshape(-1, len(MASKS), len(GENDERS), len(AGE_BANDS))
+    return P.sum((2, 3)), P.sum((1, 3)), P.sum((1, 2))
 
 
 def class_names() -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from .core import N_CLASSES, PROB_COLUMNS, classification_metrics, resolve_path, atomic_path, write_csv
-from .runs import Run, find_runs, all_runs
+from .runs import ENSEMBLE_FILES, ENSEMBLE_KEYS, Run, all_runs, check_keys, find_runs
 from .models import input_norm, predict
 from .submission import write_submission, score
 from .analysis import validated_share
@@ -222,17 +222,18 @@ def run_ensemble(
         groups = group_persons([eval_dir / i for i in order])
         report["eval_groups"] = int(groups.max() + 1)
         write_submission(
-            as_table(test_probs), data_dir, out / "submission_unpooled.csv"
+            as_table(test_probs), data_dir, out / ENSEMBLE_FILES["submission_unpooled"]
         )  # the same models without pooling
         if truth_path.exists():
-            report["score_unpooled"] = score(out / "submission_unpooled.csv", truth_path)
+            report["score_unpooled"] = score(out / ENSEMBLE_FILES["submission_unpooled"], truth_path)
         test_probs = pool_person_probs(test_probs, groups, person_pooling)
     test = as_table(test_probs)
-    write_csv(test, out / "test_probs.csv", float_format="%.6f")
-    write_submission(test, data_dir, out / "submission.csv")
+    write_csv(test, out / ENSEMBLE_FILES["test_probs"], float_format="%.6f")
+    write_submission(test, data_dir, out / ENSEMBLE_FILES["submission"])
     if truth_path.exists():
-        report["score"] = score(out / "submission.csv", truth_path)
-    with atomic_path(out / "ensemble.json") as tmp:
+        report["score"] = score(out / ENSEMBLE_FILES["submission"], truth_path)
+    check_keys(report, ENSEMBLE_KEYS, f"{out}/{ENSEMBLE_FILES['report']}")
+    with atomic_path(out / ENSEMBLE_FILES["report"]) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
-    write_csv(leaderboard(leaderboard_root), out / "leaderboard.csv")
+    write_csv(leaderboard(leaderboard_root), out / ENSEMBLE_FILES["leaderboard"])
     return dict(report, out_dir=str(out), data_dir=data_dir)

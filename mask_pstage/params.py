@@ -397,13 +397,13 @@ class Recipe:
         return p, EnsembleParams.from_dict(self.ensemble).check()
 
 # %% ../nbs/01d_params.ipynb #277c27b1587741f2af2001be3712ef0d
-_PRESETS = dict(
+PRESETS = dict(
     # pretrained, chosen on utk_dev by the CV estimate of fold 0 of 5 (nbs/08_real_faces.ipynb has every candidate):
     # AdamW 1e-3 for 3 epochs at 128x96 (more epochs or pixels do not fit 10 minutes: 30-50 images/s here); freezing the
     # stem and first two stages raised CV from 0.479 to 0.530 and cut the time by a third (freeze=4: 0.505); label
     # smoothing raised it to 0.587 (pooled; 0.534 unpooled). Lost on CV: the multitask head (0.469), 112x84 (0.451),
     # batch 32 (0.526), 2 epochs (0.502), crop margin 0.5 (0.543). Every candidate scored 0.48-0.50 on eval (pooled)
-    cpu=dict(
+    cpu=Recipe(
         folds=5,
         train_folds=1,
         train=dict(
@@ -431,7 +431,7 @@ _PRESETS = dict(
     # Optuna study outputs/real/search_utk (21 trials) found lr 0.064, weight decay 3e-5 and crop margin 0.99 best; one
     # fold of five for 12 epochs fits 10 minutes on 2 cores. Measured from scratch: 9.2 minutes, eval 0.360, CV 0.352
     # (fold 0); on folds 1 and 2 of five the same recipe scores eval 0.247 and 0.320 (CV 0.301, 0.316)
-    scratch=dict(
+    scratch=Recipe(
         folds=5,
         train_folds=1,
         train=dict(
@@ -452,7 +452,7 @@ _PRESETS = dict(
     ),
     # a GPU server: the same offline ImageNet weights (or any timm model with --train model=NAME --train weights= for
     # timm's download), a larger input, all five folds, more epochs, fp16 AMP, EMA; accuracy not measured on a GPU here
-    gpu=dict(
+    gpu=Recipe(
         folds=5,
         train=dict(
             model="tf_efficientnet_lite0",
@@ -476,12 +476,6 @@ _PRESETS = dict(
         ensemble=dict(tta=True),
     ),
 )
-
-
-PRESETS = {
-    name: Recipe(r.get("folds", 5), r.get("train_folds", 0), r.get("train", {}), r.get("ensemble", {}))
-    for name, r in _PRESETS.items()
-}
 
 
 def recipe(

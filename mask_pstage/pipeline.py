@@ -4,12 +4,12 @@
 
 # %% ../nbs/07_pipeline.ipynb #8401bb69
 from __future__ import annotations
-import os, sys, json, time, argparse, hashlib
+import os, sys, json, math, time, argparse, hashlib
 from pathlib import Path
 from .core import LayoutError, Problem, in_notebook, project_root, resolve_path, atomic_path, validate_layout
 from .params import PRESETS, recipe, parse_kv
 from .kernels import ipc_kernel_manager
-from .runs import Run
+from .runs import PipelineRun, Run
 
 NBS = project_root(Path(__file__).parent if "__file__" in globals() else None) / "nbs"
 
@@ -19,7 +19,7 @@ class PipelineError(RuntimeError):
 
 
 def _marker(run: Path, name: str, params: dict) -> tuple[Path, str]:
-    return run / ".steps" / f"{name}.json", hashlib.sha1(
+    return PipelineRun(run).marker(name), hashlib.sha1(
         json.dumps(params, sort_keys=True, default=str).encode()
     ).hexdigest()
 
@@ -28,7 +28,7 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     "Execute `notebook` with `params` into run/{name}.ipynb unless an identical finished run is there."
     import papermill as pm
 
-    out_nb = run / f"{name}.ipynb"
+    out_nb = PipelineRun(run).notebook(name)
     marker, key = _marker(run, name, params)
     if not force and marker.exists() and json.loads(marker.read_text()).get("key") == key and out_nb.exists():
         log(f"[{name}] finished before, reused ({out_nb})")
@@ -60,7 +60,7 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
 
 # %% auto #0
 __all__ = ['NBS', 'PipelineError', 'run_step', 'run_pipeline', 'check_pretrained', 'check_data', 'selected_epochs',
-           'make_pseudo_labels', 'write_summary', 'main']
+           'make_pseudo_labels', 'pipeline_summary', 'summary_markdown', 'write_summary', 'main']
 
 # %% ../nbs/07_pipeline.ipynb #34fcb6dc
 def run_pipeline(
@@ -88,13 +88,14 @@ def run_pipeline(
     the eval images the first round's ensemble is confident about (every attribute's probability >= the threshold;
     run/pseudo)."""
     data_dir, run, t0 = str(resolve_path(data_dir)), resolve_path(run_dir), time.time()
+    pr = PipelineRun(run)
     r = recipe(preset, train, ensemble, n_folds, train_folds)
     n_folds, n_train, train, ensemble = r.folds, r.n_train, r.train, r.ensemble
     p, _ = r.check(data_dir)  # every training and ensemble value, before any step: a bad one is named with the choices
     check_data(data_dir, run, log)
     check_pretrained(p, log)
     run.mkdir(parents=True, exist_ok=True)
-    run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(run / "eda")), force, log)
+    run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(pr.folder("eda"))), force, log)
     if p.crop == "face":  # detect faces once here, not once per fold
         run_step(
             run,
@@ -102,7 +103,7 @@ def run_pipeline(
             "02_preprocess.ipynb",
             dict(
                 data_dir=data_dir,
-                out_dir=str(run / "preprocess"),
+                out_dir=str(pr.folder("preprocess")),
                 detector=p.face_detector,
                 boxes=p.face_boxes,
                 cache_dir=p.cache_dir,
@@ -119,14 +120,14 @@ def run_pipeline(
             data_dir=data_dir,
             n_folds=n_folds,
             fold=fold,
-            out_dir=str(run / "train" / f"fold{fold}"),
+            out_dir=str(pr.fold(fold)),
             resume=True,
         )
-        if skip_train and Run(run / "train" / f"fold{fold}").finished:
+        if skip_train and Run(pr.fold(fold)).finished:
             log(f"[03_train_fold{fold}] skipped (--skip-train)")
             continue
         run_step(run, f"03_train_fold{fold}", "03_train.ipynb", params, force, log)
-    runs = str(run / "train")
+    runs = str(pr.folder("train"))
     if image_split:
         run_step(
             run,
@@ -138,7 +139,7 @@ def run_pipeline(
                 n_folds=n_folds,
                 fold=0,
                 split="image",
-                out_dir=str(run / "image_split" / "fold0"),
+                out_dir=str(pr.fold(0, "image_split")),
                 resume=True,
             ),
             force,
@@ -150,16 +151,18 @@ def run_pipeline(
         "04_error_analysis.ipynb",
         dict(
             runs=runs,
-            out_dir=str(run / "analysis"),
-            **(dict(image_split_runs=str(run / "image_split")) if image_split else {}),
+            out_dir=str(pr.folder("analysis")),
+            **(dict(image_split_runs=str(pr.folder("image_split"))) if image_split else {}),
         ),
         force,
         log,
     )
-    ens = lambda runs, out: dict(dict(runs=runs, out_dir=str(run / out), leaderboard_root=str(run)), **(ensemble or {}))
+    ens = lambda runs, out: dict(
+        dict(runs=runs, out_dir=str(pr.folder(out)), leaderboard_root=str(run)), **(ensemble or {})
+    )
     run_step(run, "05_ensemble", "05_ensemble.ipynb", ens(runs, "ensemble"), force, log)
     if train_all:
-        epochs = selected_epochs(run / "train")
+        epochs = selected_epochs(pr.folder("train"))
         run_step(
             run,
             "03_train_all",
@@ -170,18 +173,20 @@ def run_pipeline(
                 n_folds=n_folds,
                 fold=-1,
                 epochs=epochs,
-                out_dir=str(run / "train_all"),
+                out_dir=str(pr.folder("train_all")),
                 resume=True,
             ),
             force,
             log,
         )
-        run_step(run, "05_ensemble_all", "05_ensemble.ipynb", ens(str(run / "train_all"), "ensemble_all"), force, log)
+        run_step(
+            run, "05_ensemble_all", "05_ensemble.ipynb", ens(str(pr.folder("train_all")), "ensemble_all"), force, log
+        )
         run_step(
             run,
             "05_ensemble_folds_all",
             "05_ensemble.ipynb",
-            ens(f"{runs};{run / 'train_all'}", "ensemble_folds_all"),
+            ens(f"{runs};{pr.folder('train_all')}", "ensemble_folds_all"),
             force,
             log,
         )
@@ -190,9 +195,9 @@ def run_pipeline(
         from mask_pstage.runs import find_runs
 
         pseudo = make_pseudo_labels(
-            run / "ensemble" / "test_probs.csv",
+            pr.ensemble_file("test_probs"),
             pseudo_threshold,
-            run / "pseudo",
+            pr.folder("pseudo"),
             data_dir,
             oof=load_oof(find_runs(runs)),
         )
@@ -216,7 +221,7 @@ def run_pipeline(
                     n_folds=n_folds,
                     fold=fold,
                     pseudo_labels=pseudo["file"],
-                    out_dir=str(run / "train_pseudo" / f"fold{fold}"),
+                    out_dir=str(pr.fold(fold, "train_pseudo")),
                     resume=True,
                 ),
                 force,
@@ -226,7 +231,7 @@ def run_pipeline(
             run,
             "04_error_analysis_pseudo",
             "04_error_analysis.ipynb",
-            dict(runs=str(run / "train_pseudo"), out_dir=str(run / "analysis_pseudo")),
+            dict(runs=str(pr.folder("train_pseudo")), out_dir=str(pr.folder("analysis_pseudo"))),
             force,
             log,
         )
@@ -234,7 +239,7 @@ def run_pipeline(
             run,
             "05_ensemble_pseudo",
             "05_ensemble.ipynb",
-            ens(str(run / "train_pseudo"), "ensemble_pseudo"),
+            ens(str(pr.folder("train_pseudo")), "ensemble_pseudo"),
             force,
             log,
         )
@@ -250,7 +255,7 @@ def run_pipeline(
         image_split=image_split,
     )
     summary = write_summary(run, time.time() - t0, record)
-    log(f"pipeline finished in {time.time() - t0:.0f} s: {run / 'summary.md'}")
+    log(f"pipeline finished in {time.time() - t0:.0f} s: {pr.summary_md}")
     return summary
 
 
@@ -271,7 +276,7 @@ def check_pretrained(p, log=print):
 def check_data(data_dir, run: Path, log=print):
     """Validate the data folder before any step (every image decoded the first time, the layout alone when `run` has
     checked it before); any error stops the pipeline with the full list, naming each file."""
-    t, decode = time.time(), not (run / ".steps" / "check.json").exists()
+    t, decode = time.time(), not PipelineRun(run).marker("check").exists()
     problems = validate_layout(data_dir, check_images=decode)
     errors = problems[problems.severity == "error"]
     if len(errors):
@@ -297,10 +302,9 @@ def selected_epochs(train_dir) -> int:
 def _confident(probs, threshold: float):
     "(keep, label, per-attribute confidence): rows whose mask, gender and age-band probabilities all reach `threshold`."
     import numpy as np
-    from mask_pstage.core import PROB_COLUMNS, decode_label, encode_label
+    from mask_pstage.core import attribute_probs, encode_label
 
-    attrs = decode_label(np.arange(len(PROB_COLUMNS)))
-    margs = [np.stack([probs[:, idx == j].sum(1) for j in range(k)], 1) for idx, k in zip(attrs, (3, 2, 3))]
+    margs = attribute_probs(probs)
     conf = np.stack([m.max(1) for m in margs], 1)
     return (conf >= threshold).all(1), encode_label(*(m.argmax(1) for m in margs)), conf
 
@@ -362,7 +366,7 @@ def make_pseudo_labels(test_probs, threshold: float, out_dir, data_dir, oof=None
 def _record_step(run: Path, name: str, params: dict, seconds: float, keep: bool = False):
     """A marker for a step done outside a notebook (kept from its first run with `keep`, so a reuse does not hide its
     cost)."""
-    marker = run / ".steps" / f"{name}.json"
+    marker = PipelineRun(run).marker(name)
     if keep and marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -370,16 +374,18 @@ def _record_step(run: Path, name: str, params: dict, seconds: float, keep: bool 
         tmp.write_text(json.dumps(dict(params=params, seconds=round(seconds, 1)), default=str))
 
 
-def write_summary(run: Path, seconds: float | None = None, recipe: dict | None = None) -> dict:
-    "summary.md and summary.json: the fold table, out-of-fold and submission scores, and links to the key plots."
+def pipeline_summary(run: Path, seconds: float | None = None, recipe: dict | None = None) -> dict:
+    """The pipeline's numbers from its steps' outputs: the fold runs, out-of-fold and submission scores, person pooling,
+    and the further rounds (image split, all persons, pseudo-labels) when they ran."""
     import pandas as pd
 
-    analysis = json.loads((run / "analysis" / "summary.json").read_text())
-    ensemble = json.loads((run / "ensemble" / "ensemble.json").read_text())
-    folds = pd.read_csv(run / "ensemble" / "leaderboard.csv").sort_values("run")
+    pr = PipelineRun(run)
+    analysis, ensemble = pr.analysis_summary(), pr.ensemble_report()
+    folds = pd.read_csv(pr.ensemble_file("leaderboard")).sort_values("run")
     folds = folds[folds.run.str.startswith("train/")]  # the fold runs (not image_split/, train_all/, train_pseudo/)
     cols = ["run", "model", "img_size", "macro_f1", "f1_mask", "f1_gender", "f1_age", "wall_seconds"]
     summary = dict(
+        fold_runs=folds[cols].to_dict("records"),
         fold_macro_f1_mean=analysis["fold_macro_f1_mean"],
         fold_macro_f1_std=analysis["fold_macro_f1_std"],
         oof_macro_f1=analysis.get("oof_macro_f1"),
@@ -389,13 +395,10 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
         noise_detection=analysis.get("noise_detection"),
         pipeline_seconds=round(seconds, 1) if seconds else None,
         recipe=recipe,
-        steps_seconds=round(
-            sum(json.loads(m.read_text()).get("seconds", 0) for m in (run / ".steps").glob("*.json")), 1
-        ),
+        steps_seconds=pr.steps_seconds(),
     )
-    summary["cv_macro_f1"] = (
-        summary["ensemble_oof_macro_f1"] or summary["oof_macro_f1"]
-    )  # what the submission's recipe scored in CV
+    # what the submission's recipe scored in CV
+    summary["cv_macro_f1"] = summary["ensemble_oof_macro_f1"] or summary["oof_macro_f1"]
     if ensemble.get("person_pooling", "none") != "none":
         summary["person_pooling"] = dict(
             how=ensemble["person_pooling"],
@@ -406,95 +409,108 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
         )
     if summary["cv_macro_f1"] is not None and summary["submission_score"]:
         summary["eval_minus_cv"] = round(summary["submission_score"]["all"] - summary["cv_macro_f1"], 4)
-    fmt = lambda v: (f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}") if isinstance(v, float) else str(v)
+    if analysis.get("split_comparison"):
+        summary["split_comparison"] = analysis["split_comparison"]
+    score_of = lambda folder: ((pr.ensemble_report(folder) or {}).get("score") or {}).get("all")
+    if pr.folder("train_all").exists() and score_of("ensemble_all") is not None:
+        summary["train_all"] = dict(
+            epochs=Run(pr.folder("train_all")).params.epochs,
+            eval_alone=score_of("ensemble_all"),
+            eval_with_folds=score_of("ensemble_folds_all"),
+            eval_folds=score_of("ensemble"),
+        )
+    pseudo_file = pr.folder("pseudo") / "pseudo.json"
+    if pseudo_file.exists() and pr.ensemble_report("ensemble_pseudo") is not None:
+        e2 = pr.ensemble_report("ensemble_pseudo")
+        summary["pseudo"] = dict(
+            json.loads(pseudo_file.read_text()),
+            cv_round2=e2.get("oof_macro_f1"),
+            eval_round2=(e2.get("score") or {}).get("all"),
+        )
+    return summary
+
+
+def _fmt(v) -> str:
+    return (f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}") if isinstance(v, float) else str(v)
+
+
+def summary_markdown(summary: dict, name: str) -> str:
+    "summary.md of pipeline run `name`, rendered from its summary (`pipeline_summary`) alone."
+    s, fmt = summary, _fmt
+    cols = ["run", "model", "img_size", "macro_f1", "f1_mask", "f1_gender", "f1_age", "wall_seconds"]
     lines = [
-        f"# Run {run.name}",
+        f"# Run {name}",
         "",
         "| fold run | model | size | macro F1 | mask | gender | age | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in folds[cols].iterrows()]
-    lines += ["", f"- folds: macro F1 {summary['fold_macro_f1_mean']:.4f} +- {summary['fold_macro_f1_std']:.4f}"]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in s["fold_runs"]]
+    lines += ["", f"- folds: macro F1 {s['fold_macro_f1_mean']:.4f} +- {s['fold_macro_f1_std']:.4f}"]
     join = lambda d, f: ", ".join(f"{k} {f(v)}" for k, v in d.items())
-    if summary["oof_macro_f1"] is not None:
-        share = (
-            summary["oof_persons_share"] or 1.0
-        )  # analyses written before the share was recorded covered every person
+    if s["oof_macro_f1"] is not None:
+        share = s["oof_persons_share"] or 1.0  # analyses written before the share was recorded covered every person
         lines.append(
-            f"- {'full ' if share == 1 else ''}out-of-fold macro F1: {summary['oof_macro_f1']:.4f}; "
-            f"ensemble: {fmt(summary['ensemble_oof_macro_f1'])}"
-            + ("" if share == 1 else f" ({share:.0%} of the persons)")
+            f"- {'full ' if share == 1 else ''}out-of-fold macro F1: {s['oof_macro_f1']:.4f}; "
+            f"ensemble: {fmt(s['ensemble_oof_macro_f1'])}" + ("" if share == 1 else f" ({share:.0%} of the persons)")
         )
-    if summary["submission_score"]:
-        lines.append("- submission (scorer): " + join(summary["submission_score"], lambda v: f"{v:.4f}"))
-    if "person_pooling" in summary and summary["person_pooling"]["oof_grouping"]:
-        pp, g = summary["person_pooling"], summary["person_pooling"]["oof_grouping"]
+    if s["submission_score"]:
+        lines.append("- submission (scorer): " + join(s["submission_score"], lambda v: f"{v:.4f}"))
+    if "person_pooling" in s and s["person_pooling"]["oof_grouping"]:
+        pp, g = s["person_pooling"], s["person_pooling"]["oof_grouping"]
+        with_eval = pp["eval_unpooled"] is not None and s["submission_score"]
         lines.append(
             f"- person pooling ({pp['how']}): out-of-fold macro F1 {fmt(pp['oof_macro_f1_unpooled'])} without, "
-            f"{fmt(summary['ensemble_oof_macro_f1'])} with; grouping of validation images: purity {g['purity']}, ARI "
-            f"{g['ari']}"
+            f"{fmt(s['ensemble_oof_macro_f1'])} with; grouping of validation images: purity {g['purity']}, "
+            f"ARI {g['ari']}"
             + (
-                f"; eval score {pp['eval_unpooled']:.4f} without, {summary['submission_score']['all']:.4f} with"
-                if pp["eval_unpooled"] is not None and summary["submission_score"]
+                f"; eval score {pp['eval_unpooled']:.4f} without, {s['submission_score']['all']:.4f} with"
+                if with_eval
                 else ""
             )
         )
-    if "eval_minus_cv" in summary:
+    if "eval_minus_cv" in s:
         lines.append(
-            f"- CV estimate {summary['cv_macro_f1']:.4f}, eval score {summary['submission_score']['all']:.4f}: "
-            f"eval - CV = {summary['eval_minus_cv']:+.4f}"
+            f"- CV estimate {s['cv_macro_f1']:.4f}, eval score {s['submission_score']['all']:.4f}: "
+            f"eval - CV = {s['eval_minus_cv']:+.4f}"
         )
-    if summary["noise_detection"]:
-        lines.append("- label-noise suspects vs injected noise: " + join(summary["noise_detection"], fmt))
-    if analysis.get("split_comparison"):
-        sc = summary["split_comparison"] = analysis["split_comparison"]
+    if s["noise_detection"]:
+        lines.append("- label-noise suspects vs injected noise: " + join(s["noise_detection"], fmt))
+    if "split_comparison" in s:
+        sc = s["split_comparison"]
+        both_eval = sc.get("person_split_eval_f1") is not None and not math.isnan(sc["person_split_eval_f1"])
         lines.append(
             f"- person split vs image split (fold 0, same recipe): validation macro F1 {sc['person_split_val_f1']:.4f} "
             f"vs {sc['image_split_val_f1']:.4f}: the image split overestimates by {sc['image_split_overestimate']:+.4f}"
             + (
                 f"; eval score of the two models {sc['person_split_eval_f1']:.4f} vs {sc['image_split_eval_f1']:.4f}"
-                if sc.get("person_split_eval_f1") == sc.get("person_split_eval_f1")
+                if both_eval
                 else ""
             )
         )
-    score_of = lambda name: (
-        (json.loads((run / name / "ensemble.json").read_text()).get("score") or {}).get("all")
-        if (run / name / "ensemble.json").exists()
-        else None
-    )
-    if (run / "train_all").exists() and score_of("ensemble_all") is not None:
-        summary["train_all"] = dict(
-            epochs=Run(run / "train_all").params.epochs,
-            eval_alone=score_of("ensemble_all"),
-            eval_with_folds=score_of("ensemble_folds_all"),
-            eval_folds=score_of("ensemble"),
-        )
-        t = summary["train_all"]
+    if "train_all" in s:
+        t = s["train_all"]
         lines.append(
             f"- trained on all persons ({t['epochs']} epochs, the folds' median best epoch): "
             f"eval score alone {fmt(t['eval_alone'])}, with the fold models {fmt(t['eval_with_folds'])}, "
             f"fold models only {fmt(t['eval_folds'])}"
         )
-    if (run / "pseudo" / "pseudo.json").exists() and (run / "ensemble_pseudo" / "ensemble.json").exists():
-        pr = json.loads((run / "pseudo" / "pseudo.json").read_text())
-        e2 = json.loads((run / "ensemble_pseudo" / "ensemble.json").read_text())
-        summary["pseudo"] = dict(pr, cv_round2=e2.get("oof_macro_f1"), eval_round2=(e2.get("score") or {}).get("all"))
+    if "pseudo" in s:
+        p = s["pseudo"]
         lines.append(
-            f"- pseudo-labels (threshold {pr['threshold']}): {pr['kept']} of {pr['images']} eval images"
-            + (f" ({pr['precision']:.3f} right by the eval truth)" if "precision" in pr else "")
+            f"- pseudo-labels (threshold {p['threshold']}): {p['kept']} of {p['images']} eval images"
+            + (f" ({p['precision']:.3f} right by the eval truth)" if "precision" in p else "")
             + (
-                f"; out of fold, {pr['oof_precision']:.3f} right at this threshold"
-                if pr.get("oof_precision") is not None
+                f"; out of fold, {p['oof_precision']:.3f} right at this threshold"
+                if p.get("oof_precision") is not None
                 else ""
             )
-            + f"; second round CV {fmt(e2.get('oof_macro_f1'))}, eval score {fmt(summary['pseudo']['eval_round2'])} "
-            f"(first round: CV {fmt(summary['cv_macro_f1'])}, eval "
-            f"{fmt((summary['submission_score'] or {}).get('all'))})"
+            + f"; second round CV {fmt(p['cv_round2'])}, eval score {fmt(p['eval_round2'])} "
+            f"(first round: CV {fmt(s['cv_macro_f1'])}, eval {fmt((s['submission_score'] or {}).get('all'))})"
         )
-    if seconds:
+    if s["pipeline_seconds"]:
         lines.append(
-            f"- wall time: {seconds:.0f} s (every step when it ran, face detection included: "
-            f"{summary['steps_seconds']:.0f} s)"
+            f"- wall time: {s['pipeline_seconds']:.0f} s (every step when it ran, face detection included: "
+            f"{s['steps_seconds']:.0f} s)"
         )
     lines += [
         "",
@@ -503,10 +519,13 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
         "[age errors](analysis/age_errors.png), [mistakes](analysis/mistakes.png); "
         "submission: [ensemble/submission.csv](ensemble/submission.csv)",
     ]
-    with atomic_path(run / "summary.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    with atomic_path(run / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(run: Path, seconds: float | None = None, recipe: dict | None = None) -> dict:
+    "summary.json (`pipeline_summary`) and summary.md rendered from it; returns the summary."
+    summary = pipeline_summary(run, seconds, recipe)
+    PipelineRun(run).write_summary(summary, summary_markdown(summary, Path(run).name))
     return summary
 
 # %% ../nbs/07_pipeline.ipynb #47021ef1
@@ -555,11 +574,11 @@ def main(argv=None):
         run_pipeline(
             a.data,
             a.run,
-            a.folds,
-            parse_kv(a.train),
-            parse_kv(a.ensemble),
-            a.skip_train,
-            a.force,
+            n_folds=a.folds,
+            train=parse_kv(a.train),
+            ensemble=parse_kv(a.ensemble),
+            skip_train=a.skip_train,
+            force=a.force,
             preset=a.preset,
             train_all=a.train_all,
             pseudo_threshold=a.pseudo_threshold,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from .core import decode_label, read_train, resolve_path
 from .persons import group_persons, grouping_scores
+from .runs import PipelineRun
 
 # %% auto #0
 __all__ = ['attribute_accuracy', 'pipeline_table', 'search_table', 'bench_table', 'eval_persons', 'grouping_table']
@@ -27,10 +28,8 @@ def attribute_accuracy(submission, truth) -> dict:
 def pipeline_table(root) -> pd.DataFrame:
     "Every pipeline run under `root` with its recipe, compute time, CV and eval macro F1 and attribute accuracies."
     rows = []
-    for f in sorted(resolve_path(root).rglob("summary.json")):
-        s, run = json.loads(f.read_text()), f.parent
-        if not s.get("recipe"):
-            continue
+    for pr in PipelineRun.all(root):
+        s, run = pr.summary, pr.path
         r, truth = s["recipe"], Path(s["recipe"]["data_dir"]) / "eval_truth.csv"
         row = dict(
             data=Path(r["data_dir"]).name,
@@ -46,8 +45,8 @@ def pipeline_table(root) -> pd.DataFrame:
             cv_unpooled=(s.get("person_pooling") or {}).get("oof_macro_f1_unpooled"),
             eval_unpooled=(s.get("person_pooling") or {}).get("eval_unpooled"),
         )
-        if truth.exists() and (run / "ensemble" / "submission.csv").exists():
-            row.update(attribute_accuracy(run / "ensemble" / "submission.csv", truth))
+        if truth.exists() and pr.ensemble_file("submission").exists():
+            row.update(attribute_accuracy(pr.ensemble_file("submission"), truth))
         rows.append(dict(row, variant="folds"))
         # the same run's further submissions: trained on all persons, alone and with the folds; pseudo-label round 2
         for variant, folder, cv in [
@@ -55,10 +54,10 @@ def pipeline_table(root) -> pd.DataFrame:
             ("folds+train_all", "ensemble_folds_all", None),
             ("pseudo round 2", "ensemble_pseudo", (s.get("pseudo") or {}).get("cv_round2")),
         ]:
-            ens = run / folder / "ensemble.json"
-            if not ens.exists():
+            report = pr.ensemble_report(folder)
+            if report is None:
                 continue
-            score = (json.loads(ens.read_text()).get("score") or {}).get("all")
+            score = (report.get("score") or {}).get("all")
             extra = dict(
                 row,
                 variant=variant,
@@ -67,7 +66,7 @@ def pipeline_table(root) -> pd.DataFrame:
                 eval_minus_cv=round(score - cv, 4) if cv is not None and score is not None else None,
             )
             if truth.exists():
-                extra.update(attribute_accuracy(run / folder / "submission.csv", truth))
+                extra.update(attribute_accuracy(pr.ensemble_file("submission", folder), truth))
             rows.append(extra)
     cols = [
         "data",
@@ -99,9 +98,8 @@ def search_table(root) -> pd.DataFrame:
         if not len(done):
             continue
         best = done.loc[done.macro_f1.idxmax()]
-        params = {
-            k: best[k] for k in (info.get("space") or {}) if k in best and best[k] == best[k]
-        }  # drawn ones (not NaN)
+        drawn = [k for k in (info.get("space") or {}) if k in best and not pd.isna(best[k])]  # NaN: not drawn
+        params = {k: best[k] for k in drawn}
         rows.append(
             dict(
                 data=Path(info.get("data_dir", "?")).name,

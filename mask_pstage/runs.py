@@ -4,7 +4,7 @@
 
 # %% ../nbs/02a_runs.ipynb #d24c9414
 from __future__ import annotations
-import glob, json, shutil
+import fnmatch, glob, json, shutil
 from pathlib import Path
 import pandas as pd
 from fastcore.basics import patch
@@ -14,8 +14,9 @@ from .models import save_checkpoint as write_checkpoint
 from .params import TrainParams
 
 # %% auto #0
-__all__ = ['PARAMS', 'METRICS', 'HISTORY', 'PREDICTIONS', 'BEST', 'LAST', 'EPOCH', 'EVENTS', 'CURVES', 'Run', 'all_runs',
-           'find_runs']
+__all__ = ['PARAMS', 'METRICS', 'HISTORY', 'PREDICTIONS', 'BEST', 'LAST', 'EPOCH', 'EVENTS', 'CURVES', 'ENSEMBLE_FILES',
+           'ANALYSIS_SUMMARY', 'PIPELINE_FOLDERS', 'ENSEMBLE_KEYS', 'SUMMARY_KEYS', 'Run', 'all_runs', 'find_runs',
+           'check_keys', 'PipelineRun']
 
 # %% ../nbs/02a_runs.ipynb #e67c8cd0
 PARAMS, METRICS, HISTORY = "params.json", "metrics.json", "history.csv"
@@ -236,3 +237,138 @@ def find_runs(spec, mask_task: bool = True) -> list[Run]:
                 f"ensembles are for the mask task (see nbs/06_lightweight.ipynb for such runs)"
             )
     return list(dict.fromkeys(found))
+
+# %% ../nbs/02a_runs.ipynb #6f7e8b7b
+ENSEMBLE_FILES = dict(
+    report="ensemble.json",
+    test_probs="test_probs.csv",
+    submission="submission.csv",
+    submission_unpooled="submission_unpooled.csv",
+    leaderboard="leaderboard.csv",
+)
+ANALYSIS_SUMMARY = "summary.json"  # an error analysis folder's numbers
+PIPELINE_FOLDERS = (
+    "eda",
+    "preprocess",
+    "train",
+    "image_split",
+    "analysis",
+    "ensemble",
+    "train_all",
+    "ensemble_all",
+    "ensemble_folds_all",
+    "pseudo",
+    "train_pseudo",
+    "analysis_pseudo",
+    "ensemble_pseudo",
+)
+ENSEMBLE_KEYS = (
+    "models",
+    "method",
+    "weights",
+    "tta",
+    "average_last",
+    "person_pooling",
+    "oof_macro_f1",
+    "oof_macro_f1_model*",  # one per model
+    "oof_f1_mask",
+    "oof_f1_gender",
+    "oof_f1_age",
+    "oof_macro_f1_unpooled",
+    "oof_persons_share",
+    "oof_grouping",
+    "eval_groups",
+    "score",
+    "score_unpooled",
+)
+SUMMARY_KEYS = (
+    "fold_runs",
+    "fold_macro_f1_mean",
+    "fold_macro_f1_std",
+    "oof_macro_f1",
+    "oof_persons_share",
+    "ensemble_oof_macro_f1",
+    "submission_score",
+    "noise_detection",
+    "pipeline_seconds",
+    "recipe",
+    "steps_seconds",
+    "cv_macro_f1",
+    "person_pooling",
+    "eval_minus_cv",
+    "split_comparison",
+    "train_all",
+    "pseudo",
+)
+
+
+def check_keys(record: dict, allowed, what: str) -> dict:
+    "`record` unchanged when every key matches a name (or `*` pattern) of `allowed`; else an error naming the others."
+    unknown = sorted(k for k in record if not any(fnmatch.fnmatchcase(k, a) for a in allowed))
+    if unknown:
+        raise ValueError(f"{what}: undeclared key(s) {unknown}; declare them in mask_pstage.runs")
+    return record
+
+
+class PipelineRun:
+    "A pipeline's run folder: its steps' folders and markers, the fold runs, the ensembles, the summary."
+
+    def __init__(self, path):
+        self.path = resolve_path(path)
+
+    def __repr__(self):
+        return f"PipelineRun({str(self.path)!r})"
+
+    def folder(self, name: str) -> Path:
+        "The folder of a step's output (one of `PIPELINE_FOLDERS`)."
+        if name not in PIPELINE_FOLDERS:
+            raise ValueError(f"unknown pipeline folder {name!r}; one of {list(PIPELINE_FOLDERS)}")
+        return self.path / name
+
+    def fold(self, k: int, folder: str = "train") -> Path:
+        return self.folder(folder) / f"fold{k}"
+
+    def notebook(self, step: str) -> Path:
+        "The executed notebook of a step."
+        return self.path / f"{step}.ipynb"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.path / "summary.md"
+
+    def marker(self, step: str) -> Path:
+        "The record of a finished step (its parameters and seconds)."
+        return self.path / ".steps" / f"{step}.json"
+
+    def steps_seconds(self) -> float:
+        "The seconds every step took when it ran (reused steps keep their first run's time)."
+        return round(sum(json.loads(m.read_text()).get("seconds", 0) for m in (self.path / ".steps").glob("*.json")), 1)
+
+    def ensemble_file(self, kind: str, folder: str = "ensemble") -> Path:
+        return self.folder(folder) / ENSEMBLE_FILES[kind]
+
+    def ensemble_report(self, folder: str = "ensemble") -> dict | None:
+        "The report of an ensemble step (None when it has not run)."
+        f = self.ensemble_file("report", folder)
+        return json.loads(f.read_text()) if f.exists() else None
+
+    def analysis_summary(self, folder: str = "analysis") -> dict:
+        return json.loads((self.folder(folder) / ANALYSIS_SUMMARY).read_text())
+
+    @property
+    def summary(self) -> dict | None:
+        f = self.path / "summary.json"
+        return json.loads(f.read_text()) if f.exists() else None
+
+    def write_summary(self, summary: dict, markdown: str):
+        "summary.json (keys declared in `SUMMARY_KEYS`) and summary.md, each written atomically."
+        check_keys(summary, SUMMARY_KEYS, f"{self.path}/summary.json")
+        with atomic_path(self.summary_md) as tmp:
+            tmp.write_text(markdown)
+        _json(self.path / "summary.json", summary)
+
+    @staticmethod
+    def all(root) -> list[PipelineRun]:
+        "Every finished pipeline run under `root` (a summary.json with its recipe), at any depth."
+        found = [PipelineRun(f.parent) for f in sorted(resolve_path(root).rglob("summary.json"))]
+        return [r for r in found if (r.summary or {}).get("recipe")]

@@ -397,16 +397,16 @@ def main(argv=None):
         study = run_search(
             a.data,
             a.run,
-            a.trials,
-            base,
-            a.space,
-            a.objective,
-            a.storage,
-            a.study,
-            a.pruner,
-            a.seed,
-            a.worker,
-            a.timeout,
+            n_trials=a.trials,
+            base=base,
+            space=a.space,
+            objective=a.objective,
+            storage=a.storage,
+            name=a.study,
+            pruner=a.pruner,
+            seed=a.seed,
+            worker=a.worker,
+            timeout=a.timeout,
         )
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")

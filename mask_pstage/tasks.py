@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from mask_pstage.core import (
+    decode_label,
     SCORING_AGE_THRESHOLD,
     apply_label_fixes,
     assign_folds,
@@ -83,7 +84,7 @@ def add_pseudo_labels(table: pd.DataFrame, evals: pd.DataFrame, csv) -> pd.DataF
     if len(missing):
         raise ValueError(f"pseudo_labels: {path}: {missing.iloc[0]} is not an image of eval/info.csv")
     label = label.astype(int).to_numpy()
-    mask, gender, band = label // 6, (label // 3) % 2, label % 3
+    mask, gender, band = decode_label(label)
     age = np.asarray(PSEUDO_AGES)[band]
     rows = pd.DataFrame(
         dict(

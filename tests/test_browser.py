@@ -70,6 +70,7 @@ def lab(tmp_path):
     log.close()
 
 
+@pytest.mark.slow  # second test tier (make test-slow)
 def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -114,6 +114,17 @@ def test_notebook(name):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
 
 
+SLOW_NBS = [n for n in NBS if "#| slow" in (ROOT / "nbs" / n).read_text()]
+
+
+@pytest.mark.slow  # second test tier (make test-slow)
+@pytest.mark.parametrize("name", SLOW_NBS)
+def test_notebook_slow_cells(name):
+    "nbdev-test with the `slow` flag: the notebook again, with its `#| slow` cells (e.g. every pipeline option)."
+    r = run(BIN / "nbdev-test", ROOT / "nbs" / name, "--n-workers", "0", "--flags", "slow", timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
 @pytest.mark.skipif(not FAIRFACE.is_dir(), reason="shared/data/fairface_mask is not beside the project")
 def test_fairface_validates_and_eda_runs_on_real_faces(tmp_path):
     r = run(BIN / "mask-pstage-validate", FAIRFACE)

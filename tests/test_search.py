@@ -15,6 +15,7 @@ def data(tmp_path_factory):
     )
 
 
+@pytest.mark.slow  # second test tier (make test-slow)
 def test_two_workers_share_one_study_through_its_journal_file(data, tmp_path):
     import optuna
 

@@ -45,6 +45,7 @@ def train_cli(*a, **kw):
     return subprocess.run([sys.executable, "-m", "mask_pstage.training", *a], capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow  # second test tier (make test-slow)
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data, tmp_path):
     cache = tmp_path / "cache"
     r = train_cli(*args(data, tmp_path / "full", cache))
@@ -89,6 +90,7 @@ def test_resume_refuses_changed_parameters_and_fresh_run_refuses_existing(data, 
     assert r.returncode != 0 and "parameters differ" in r.stderr and "'lr'" in r.stderr
 
 
+@pytest.mark.slow  # second test tier (make test-slow)
 def test_torchrun_ddp_two_processes_on_cpu(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
