@@ -173,6 +173,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'mask_pstage.persons.refine_moves': ('persons.html#refine_moves', 'mask_pstage/persons.py')},
             'mask_pstage.pipeline': { 'mask_pstage.pipeline.PipelineError': ('pipeline.html#pipelineerror', 'mask_pstage/pipeline.py'),
                                       'mask_pstage.pipeline._confident': ('pipeline.html#_confident', 'mask_pstage/pipeline.py'),
+                                      'mask_pstage.pipeline._execute_here': ('pipeline.html#_execute_here', 'mask_pstage/pipeline.py'),
                                       'mask_pstage.pipeline._fmt': ('pipeline.html#_fmt', 'mask_pstage/pipeline.py'),
                                       'mask_pstage.pipeline._marker': ('pipeline.html#_marker', 'mask_pstage/pipeline.py'),
                                       'mask_pstage.pipeline._record_step': ('pipeline.html#_record_step', 'mask_pstage/pipeline.py'),

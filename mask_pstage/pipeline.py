@@ -24,8 +24,31 @@ def _marker(run: Path, name: str, params: dict) -> tuple[Path, str]:
     ).hexdigest()
 
 
-def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = False, log=print) -> Path:
-    "Execute `notebook` with `params` into run/{name}.ipynb unless an identical finished run is there."
+def _execute_here(notebook: Path, out_nb: Path, params: dict, name: str):
+    """Run a job notebook in this process, as nbdev-test runs notebooks (execnb): no kernel to start, the package
+    imported once. The parameters go into a cell after the `parameters` cell, as papermill injects them."""
+    from fastcore.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    from fastcore.xtras import working_directory
+
+    nb = read_nb(notebook)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    shell = CaptureShell(notebook)
+    try:
+        with working_directory(NBS.parent):
+            code = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+            shell.run_all(nb, exc_stop=True, inject_code=code, inject_idx=at + 1)
+    except Exception as e:
+        write_nb(nb, out_nb)
+        raise PipelineError(f"step '{name}' failed ({type(e).__name__}: {e}); the traceback is in {out_nb}") from None
+    write_nb(nb, out_nb)
+
+
+def run_step(
+    run: Path, name: str, notebook: str, params: dict, force: bool = False, log=print, in_process: bool = False
+) -> Path:
+    """Execute `notebook` with `params` into run/{name}.ipynb unless an identical finished run is there: with papermill
+    in a kernel of its own, or (`in_process`, for tests) in this process."""
     import papermill as pm
 
     out_nb = PipelineRun(run).notebook(name)
@@ -38,14 +61,17 @@ def run_step(run: Path, name: str, notebook: str, params: dict, force: bool = Fa
     t0 = time.time()
     in_test = os.environ.pop("IN_TEST", None)  # the kernel inherits the environment: steps must not shrink themselves
     try:
-        pm.execute_notebook(
-            str(NBS / notebook),
-            str(out_nb),
-            parameters=params,
-            cwd=str(NBS.parent),
-            progress_bar=False,
-            kernel_manager_class=ipc_kernel_manager(),
-        )
+        if in_process:
+            _execute_here(NBS / notebook, out_nb, params, name)
+        else:
+            pm.execute_notebook(
+                str(NBS / notebook),
+                str(out_nb),
+                parameters=params,
+                cwd=str(NBS.parent),
+                progress_bar=False,
+                kernel_manager_class=ipc_kernel_manager(),
+            )
     except pm.PapermillExecutionError as e:
         what = f"{e.ename}: {e.evalue}" if str(e.evalue).strip() else f"{e.ename}, without a message"
         raise PipelineError(f"step '{name}' failed ({what}); the traceback is in {out_nb}") from None
@@ -77,6 +103,7 @@ def run_pipeline(
     pseudo_threshold: float = 0.0,
     image_split: bool = False,
     train_folds: int | None = None,
+    in_process: bool = False,
 ) -> dict:
     """EDA, K training folds, error analysis and ensemble into `run_dir` (a `preset`'s recipe if named); returns the
     summary. `train_folds`: train the first k of the K folds only (default: the preset's, else all): k models whose
@@ -86,19 +113,19 @@ def run_pipeline(
     the folds chose, predicting the eval set alone (run/ensemble_all) and with the fold models (run/ensemble_folds_all).
     `pseudo_threshold`: a second round (run/train_pseudo, analysis_pseudo, ensemble_pseudo) whose folds also train on
     the eval images the first round's ensemble is confident about (every attribute's probability >= the threshold;
-    run/pseudo)."""
+    run/pseudo). `in_process`: run the job notebooks in this process instead of a kernel each (for tests)."""
     data_dir, run, t0 = str(resolve_path(data_dir)), resolve_path(run_dir), time.time()
     pr = PipelineRun(run)
+    step = lambda *a: run_step(run, *a, force=force, log=log, in_process=in_process)
     r = recipe(preset, train, ensemble, n_folds, train_folds)
     n_folds, n_train, train, ensemble = r.folds, r.n_train, r.train, r.ensemble
     p, _ = r.check(data_dir)  # every training and ensemble value, before any step: a bad one is named with the choices
     check_data(data_dir, run, log)
     check_pretrained(p, log)
     run.mkdir(parents=True, exist_ok=True)
-    run_step(run, "01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(pr.folder("eda"))), force, log)
+    step("01_eda", "01_eda.ipynb", dict(data_dir=data_dir, out_dir=str(pr.folder("eda"))))
     if p.crop == "face":  # detect faces once here, not once per fold
-        run_step(
-            run,
+        step(
             "02_preprocess",
             "02_preprocess.ipynb",
             dict(
@@ -111,8 +138,6 @@ def run_pipeline(
                 crop_aspect=p.crop_aspect,
                 img_size="x".join(map(str, p.img_size)),
             ),
-            force,
-            log,
         )
     for fold in range(n_train):
         params = dict(
@@ -126,11 +151,10 @@ def run_pipeline(
         if skip_train and Run(pr.fold(fold)).finished:
             log(f"[03_train_fold{fold}] skipped (--skip-train)")
             continue
-        run_step(run, f"03_train_fold{fold}", "03_train.ipynb", params, force, log)
+        step(f"03_train_fold{fold}", "03_train.ipynb", params)
     runs = str(pr.folder("train"))
     if image_split:
-        run_step(
-            run,
+        step(
             "03_train_image_split",
             "03_train.ipynb",
             dict(
@@ -142,11 +166,8 @@ def run_pipeline(
                 out_dir=str(pr.fold(0, "image_split")),
                 resume=True,
             ),
-            force,
-            log,
         )
-    run_step(
-        run,
+    step(
         "04_error_analysis",
         "04_error_analysis.ipynb",
         dict(
@@ -154,17 +175,14 @@ def run_pipeline(
             out_dir=str(pr.folder("analysis")),
             **(dict(image_split_runs=str(pr.folder("image_split"))) if image_split else {}),
         ),
-        force,
-        log,
     )
     ens = lambda runs, out: dict(
         dict(runs=runs, out_dir=str(pr.folder(out)), leaderboard_root=str(run)), **(ensemble or {})
     )
-    run_step(run, "05_ensemble", "05_ensemble.ipynb", ens(runs, "ensemble"), force, log)
+    step("05_ensemble", "05_ensemble.ipynb", ens(runs, "ensemble"))
     if train_all:
         epochs = selected_epochs(pr.folder("train"))
-        run_step(
-            run,
+        step(
             "03_train_all",
             "03_train.ipynb",
             dict(
@@ -176,19 +194,12 @@ def run_pipeline(
                 out_dir=str(pr.folder("train_all")),
                 resume=True,
             ),
-            force,
-            log,
         )
-        run_step(
-            run, "05_ensemble_all", "05_ensemble.ipynb", ens(str(pr.folder("train_all")), "ensemble_all"), force, log
-        )
-        run_step(
-            run,
+        step("05_ensemble_all", "05_ensemble.ipynb", ens(str(pr.folder("train_all")), "ensemble_all"))
+        step(
             "05_ensemble_folds_all",
             "05_ensemble.ipynb",
             ens(f"{runs};{pr.folder('train_all')}", "ensemble_folds_all"),
-            force,
-            log,
         )
     if pseudo_threshold:
         from mask_pstage.analysis import load_oof
@@ -211,8 +222,7 @@ def run_pipeline(
             + (f"; {pseudo['precision']:.3f} of the eval ones right (eval truth)" if "precision" in pseudo else "")
         )
         for fold in range(n_train):
-            run_step(
-                run,
+            step(
                 f"03_train_pseudo_fold{fold}",
                 "03_train.ipynb",
                 dict(
@@ -224,25 +234,13 @@ def run_pipeline(
                     out_dir=str(pr.fold(fold, "train_pseudo")),
                     resume=True,
                 ),
-                force,
-                log,
             )
-        run_step(
-            run,
+        step(
             "04_error_analysis_pseudo",
             "04_error_analysis.ipynb",
             dict(runs=str(pr.folder("train_pseudo")), out_dir=str(pr.folder("analysis_pseudo"))),
-            force,
-            log,
         )
-        run_step(
-            run,
-            "05_ensemble_pseudo",
-            "05_ensemble.ipynb",
-            ens(str(pr.folder("train_pseudo")), "ensemble_pseudo"),
-            force,
-            log,
-        )
+        step("05_ensemble_pseudo", "05_ensemble.ipynb", ens(str(pr.folder("train_pseudo")), "ensemble_pseudo"))
     record = dict(
         data_dir=data_dir,
         preset=preset,

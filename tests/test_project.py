@@ -107,22 +107,25 @@ def test_job_notebook_has_parameters_cell(name):
     assert not other, f"one parameter per line (papermill documents it by its trailing comment): {other}"
 
 
+def run_notebook(name, flags=()):
+    """nbdev's own notebook test (`nbdev.test.test_nb`, what `nbdev-test` runs) in this process, so that torch, timm and
+    pandas are imported once for every notebook; IN_TEST shrinks the job notebooks. A failing cell's traceback goes to
+    stderr."""
+    from nbdev.config import get_config
+    from nbdev.test import test_nb
+
+    cfg = get_config(ROOT)
+    declared = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags)
+    skip = [f for f in declared if f not in flags]
+    nb = ROOT / "nbs" / name
+    ok, seconds = test_nb(nb, skip_flags=skip, force_flags=list(flags), cell_timeout=int(cfg.cell_timeout))
+    assert ok, f"{name} failed after {seconds:.0f} s (its traceback is on stderr above)"
+
+
 @pytest.mark.parametrize("name", NBS)
 def test_notebook(name):
-    "nbdev-test, one notebook at a time (IN_TEST shrinks the job notebooks)."
-    r = run(BIN / "nbdev-test", ROOT / "nbs" / name, "--n-workers", "0", timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-
-
-SLOW_NBS = [n for n in NBS if "#| slow" in (ROOT / "nbs" / n).read_text()]
-
-
-@pytest.mark.slow  # second test tier (make test-slow)
-@pytest.mark.parametrize("name", SLOW_NBS)
-def test_notebook_slow_cells(name):
-    "nbdev-test with the `slow` flag: the notebook again, with its `#| slow` cells (e.g. every pipeline option)."
-    r = run(BIN / "nbdev-test", ROOT / "nbs" / name, "--n-workers", "0", "--flags", "slow", timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    "Every notebook runs top to bottom (nbdev-test's test_nb, one at a time), its `#| slow` cells left out."
+    run_notebook(name)
 
 
 @pytest.mark.skipif(not FAIRFACE.is_dir(), reason="shared/data/fairface_mask is not beside the project")

@@ -81,6 +81,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data, tmp_path)
     pd.testing.assert_frame_equal(oa, ob, rtol=1e-5)
 
 
+@pytest.mark.slow  # second test tier (make test-slow)
 def test_resume_refuses_changed_parameters_and_fresh_run_refuses_existing(data, tmp_path):
     out = tmp_path / "run"
     assert train_cli(*args(data, out, tmp_path / "cache", epochs=1)).returncode == 0
@@ -207,6 +208,7 @@ def test_face_crops_are_the_same_for_train_and_eval_images(data, tmp_path, capsy
             make_params(p, **bad)
 
 
+@pytest.mark.slow  # second test tier (make test-slow)
 def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
     """A student learns from a teacher run's train.csv; a teacher that trained on the student's validation
     persons is reported; distillation refuses mixing augmentations."""
@@ -242,6 +244,7 @@ def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
     assert r.returncode != 0 and "strip_cutmix" in r.stderr
 
 
+@pytest.mark.slow  # second test tier (make test-slow)
 def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
     """A 9-class ImageFolder-style dataset (like the lightweight competition's): training, a student distilled
     from it, and pruning of its best model, with metrics over its own classes."""
@@ -281,6 +284,7 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
     assert r.returncode != 0 and "class folders" in r.stderr
 
 
+@pytest.mark.slow  # second test tier (make test-slow)
 def test_gpu_preset_trains_offline_from_the_registry_weights(data, tmp_path):
     """The gpu preset's recipe (ImageNet weights from the installed registry package, AMP, EMA, label smoothing, AdamW)
     runs offline on a tiny set; params.json records where the weights came from, and the frozen stem keeps them
