@@ -116,13 +116,14 @@ def main():
         )
     for preset in [] if a.skip_preset else [x.strip() for x in a.presets.split(",") if x.strip()]:
         from mask_pstage.pipeline import run_pipeline
+        from mask_pstage.runs import PipelineRun
 
         t0, run = time.time(), out / f"preset_{preset}"
         cache = run / "cache"  # empty at the start: detection, crops and weights conversion are timed too
         summary = run_pipeline(
             data, run, preset=preset, train=dict(cache_dir=str(cache), face_boxes=str(cache / "boxes.csv"))
         )
-        sub = run / "ensemble" / "submission.csv"
+        sub = PipelineRun(run).ensemble_file("submission")
         truth = data / "eval_truth.csv"
         rows[f"mask_pstage preset {preset}"] = dict(
             eval_macro_f1=round(score(sub, truth)["all"], 4),
