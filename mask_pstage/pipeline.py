@@ -9,7 +9,7 @@ from pathlib import Path
 from .core import LayoutError, Problem, in_notebook, project_root, resolve_path, atomic_path, validate_layout
 from .params import PRESETS, recipe, parse_kv
 from .kernels import ipc_kernel_manager
-from .runs import PipelineRun, Run
+from .runs import PSEUDO_FILES, PipelineRun, Run
 
 NBS = project_root(Path(__file__).parent if "__file__" in globals() else None) / "nbs"
 
@@ -325,9 +325,9 @@ def make_pseudo_labels(test_probs, threshold: float, out_dir, data_dir, oof=None
     table = pd.DataFrame(
         dict(ImageID=test.ImageID, label=label, conf_mask=conf[:, 0], conf_gender=conf[:, 1], conf_age=conf[:, 2])
     )
-    write_csv(table[keep], out / "pseudo_labels.csv", float_format="%.4f")
+    write_csv(table[keep], out / PSEUDO_FILES["labels"], float_format="%.4f")
     record = dict(
-        file=str(out / "pseudo_labels.csv"),
+        file=str(out / PSEUDO_FILES["labels"]),
         source=str(test_probs),
         threshold=threshold,
         images=len(test),
@@ -356,7 +356,7 @@ def make_pseudo_labels(test_probs, threshold: float, out_dir, data_dir, oof=None
                 n: float((t == q).mean()) for n, t, q in zip(("mask", "gender", "age"), t_attrs, p_attrs)
             },
         )
-    with atomic_path(out / "pseudo.json") as tmp:
+    with atomic_path(out / PSEUDO_FILES["report"]) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
     return record
 
@@ -417,7 +417,7 @@ def pipeline_summary(run: Path, seconds: float | None = None, recipe: dict | Non
             eval_with_folds=score_of("ensemble_folds_all"),
             eval_folds=score_of("ensemble"),
         )
-    pseudo_file = pr.folder("pseudo") / "pseudo.json"
+    pseudo_file = pr.folder("pseudo") / PSEUDO_FILES["report"]
     if pseudo_file.exists() and pr.ensemble_report("ensemble_pseudo") is not None:
         e2 = pr.ensemble_report("ensemble_pseudo")
         summary["pseudo"] = dict(

@@ -15,8 +15,8 @@ from .params import TrainParams
 
 # %% auto #0
 __all__ = ['PARAMS', 'METRICS', 'HISTORY', 'PREDICTIONS', 'BEST', 'LAST', 'EPOCH', 'EVENTS', 'CURVES', 'ENSEMBLE_FILES',
-           'ANALYSIS_SUMMARY', 'PIPELINE_FOLDERS', 'ENSEMBLE_KEYS', 'SUMMARY_KEYS', 'Run', 'all_runs', 'find_runs',
-           'check_keys', 'PipelineRun']
+           'ANALYSIS_SUMMARY', 'PSEUDO_FILES', 'PIPELINE_FOLDERS', 'ENSEMBLE_KEYS', 'SUMMARY_KEYS', 'Run', 'all_runs',
+           'find_runs', 'check_keys', 'PipelineRun']
 
 # %% ../nbs/02a_runs.ipynb #e67c8cd0
 PARAMS, METRICS, HISTORY = "params.json", "metrics.json", "history.csv"
@@ -247,6 +247,7 @@ ENSEMBLE_FILES = dict(
     leaderboard="leaderboard.csv",
 )
 ANALYSIS_SUMMARY = "summary.json"  # an error analysis folder's numbers
+PSEUDO_FILES = dict(labels="pseudo_labels.csv", report="pseudo.json")  # a pseudo-label folder
 PIPELINE_FOLDERS = (
     "eda",
     "preprocess",
