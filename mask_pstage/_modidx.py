@@ -138,6 +138,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'mask_pstage.params.EnsembleParams': ('params.html#ensembleparams', 'mask_pstage/params.py'),
                                     'mask_pstage.params.EnsembleParams.check': ( 'params.html#ensembleparams.check',
                                                                                  'mask_pstage/params.py'),
+                                    'mask_pstage.params.EnsembleParams.weight_values': ( 'params.html#ensembleparams.weight_values',
+                                                                                         'mask_pstage/params.py'),
                                     'mask_pstage.params.Params': ('params.html#params', 'mask_pstage/params.py'),
                                     'mask_pstage.params.Params.check': ('params.html#params.check', 'mask_pstage/params.py'),
                                     'mask_pstage.params.Params.from_dict': ('params.html#params.from_dict', 'mask_pstage/params.py'),

@@ -58,7 +58,7 @@ def validated_share(runs: list[Run], oof: pd.DataFrame) -> float | None:
     p = runs[0].params
     if p.max_images or p.split != "person":
         return None
-    if any((r.params.n_folds, r.params.split) != (p.n_folds, "person") for r in runs):
+    if any((q.n_folds, q.split) != (p.n_folds, "person") for q in (r.params for r in runs)):
         return None
     if oof.groupby("person_id").run.nunique().max() != 1 or oof.path.duplicated().any():
         return None

@@ -23,16 +23,15 @@ __all__ = ['repredict', 'model_predictions', 'combine', 'leaderboard', 'run_ense
 def repredict(run: Run, tta: bool = False, average_last: int = 0) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     """(oof, test) probabilities of `run` recomputed from its best checkpoint or its last epochs' mean weights, with
     optional flip TTA."""
-    if not run.params.predict_eval:
+    p = run.params
+    if not p.predict_eval:
         raise ValueError(
             f"run {run} was trained with predict_eval false: it has no eval predictions to recompute with tta or "
             f"average_last; retrain it with predict_eval true, or leave it out of runs"
         )
     data = run.fold_data()
     if data.eval is None or data.eval_images is None:
-        raise ValueError(
-            f"run {run} has no eval images to predict (its data folder {run.params.data_dir} has no eval/)"
-        )
+        raise ValueError(f"run {run} has no eval images to predict (its data folder {p.data_dir} has no eval/)")
     model = run.model(average_last or "best")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, mean, std = model.to(device), *input_norm(model)
@@ -43,8 +42,8 @@ def repredict(run: Run, tta: bool = False, average_last: int = 0) -> tuple[pd.Da
         mean,
         std,
         device,
-        channels_last=run.params.channels_last,
-        amp=run.params.amp,
+        channels_last=p.channels_last,
+        amp=p.amp,
         flip=tta,
     )
     oof = run.oof()
@@ -199,7 +198,7 @@ def run_ensemble(
     models = [find_runs(spec) for spec in runs.split(";") if spec.strip()]
     out = resolve_path(out_dir) if out_dir else models[0][0].path.parent / "ensemble"
     out.mkdir(parents=True, exist_ok=True)
-    w = [float(x) for x in weights.split(",")] if weights else None
+    w = ep.weight_values
     preds = [model_predictions(m, tta, average_last) for m in models]
     data_dir = models[0][0].params.data_dir
     report = dict(

@@ -93,8 +93,6 @@ def _coerce(name, value, default):
         return to_bool(value, name)
     if isinstance(default, tuple):
         return parse_size(value)
-    if value is None and default is None:
-        return None
     try:
         return type(default)(value)
     except (TypeError, ValueError):
@@ -125,7 +123,7 @@ class Params:
             raise ValueError(f"unknown parameter(s) {unknown}; valid: {names}")
         if saved:
             given = {k: v for k, v in given.items() if k in names}
-            for k, (old_name, _) in getattr(cls, "SAVED_DEFAULTS", {}).items():
+            for k, old_name in getattr(cls, "SAVED_DEFAULTS", {}).items():
                 if k not in given and old_name in given:
                     given[k] = given[old_name]
         defaults = cls()
@@ -205,7 +203,7 @@ class TrainParams(Params):
     age_loss_weight: float = 1.0  # head=age: weight of the exact-age loss beside the 18-class loss
     age_cut_old: int = 60  # head=age: "old" band = P(age >= this), a decision rule (labels unchanged)
 
-    SAVED_DEFAULTS = dict(fold_seed=("seed", "runs saved before fold_seed existed split with seed"))
+    SAVED_DEFAULTS = dict(fold_seed="seed")  # runs saved before fold_seed existed split their folds with seed
 
 # %% ../nbs/01d_params.ipynb #59bbdb311c014d738909a11f9e486628
 def _split_runs(spec: str) -> list[str]:
@@ -360,16 +358,21 @@ class EnsembleParams(Params):
     leaderboard_root: str = "outputs"  # every run under this folder goes into the leaderboard
     person_pooling: str = "none"  # none | joint-log | joint-mean | sep-log | sep-mean: gender, age pooled per person
 
+    @property
+    def weight_values(self) -> list[float] | None:
+        "`weights` as numbers (None when not given)."
+        try:
+            return [float(x) for x in self.weights.split(",")] if self.weights else None
+        except ValueError:
+            raise ValueError(f"weights={self.weights!r} must be numbers separated by commas, one per model") from None
+
     def check(self) -> EnsembleParams:
         _choice("method", self.method, ENSEMBLE_METHODS)
         _choice("person_pooling", self.person_pooling, ("none", *POOLINGS))
         if self.average_last < 0:
             raise ValueError(f"average_last={self.average_last} must be >= 0 (0 = the best checkpoint)")
-        try:
-            w = [float(x) for x in self.weights.split(",")] if self.weights else []
-        except ValueError:
-            raise ValueError(f"weights={self.weights!r} must be numbers separated by commas, one per model") from None
-        if self.method == "weighted" and w and any(x < 0 for x in w):
+        w = self.weight_values or []
+        if self.method == "weighted" and any(x < 0 for x in w):
             raise ValueError(f"weights={self.weights!r} must not be negative")
         return self
 

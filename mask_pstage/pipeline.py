@@ -410,16 +410,17 @@ def pipeline_summary(run: Path, seconds: float | None = None, recipe: dict | Non
     if analysis.get("split_comparison"):
         summary["split_comparison"] = analysis["split_comparison"]
     score_of = lambda folder: ((pr.ensemble_report(folder) or {}).get("score") or {}).get("all")
-    if pr.folder("train_all").exists() and score_of("ensemble_all") is not None:
+    alone = score_of("ensemble_all") if pr.folder("train_all").exists() else None
+    if alone is not None:
         summary["train_all"] = dict(
             epochs=Run(pr.folder("train_all")).params.epochs,
-            eval_alone=score_of("ensemble_all"),
+            eval_alone=alone,
             eval_with_folds=score_of("ensemble_folds_all"),
             eval_folds=score_of("ensemble"),
         )
     pseudo_file = pr.folder("pseudo") / PSEUDO_FILES["report"]
-    if pseudo_file.exists() and pr.ensemble_report("ensemble_pseudo") is not None:
-        e2 = pr.ensemble_report("ensemble_pseudo")
+    e2 = pr.ensemble_report("ensemble_pseudo")
+    if pseudo_file.exists() and e2 is not None:
         summary["pseudo"] = dict(
             json.loads(pseudo_file.read_text()),
             cv_round2=e2.get("oof_macro_f1"),
