@@ -16,9 +16,9 @@ from .weights import resolve_weights
 from .params import TrainParams
 
 # %% auto #0
-__all__ = ['AGES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model', 'save_model', 'load_model',
-           'make_model', 'freeze_groups', 'input_norm', 'count_macs', 'save_checkpoint', 'load_checkpoint',
-           'average_states', 'to_input', 'predict']
+__all__ = ['AGES', 'FROZEN_CACHE_MODULES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model', 'save_model',
+           'load_model', 'make_model', 'freeze_groups', 'frozen_blocks', 'forward_trunk', 'forward_rest', 'input_norm',
+           'count_macs', 'save_checkpoint', 'load_checkpoint', 'average_states', 'to_input', 'frozen_input', 'predict']
 
 # %% ../nbs/01a_models.ipynb #cd8b900e
 class FactorizedHead(nn.Module):
@@ -143,6 +143,47 @@ def freeze_groups(model: nn.Module, n: int) -> list[nn.Module]:
         and all(f"{name}.{k}" in names for k, _ in m.named_parameters(recurse=False))
     ]
 
+# %% ../nbs/01a_models.ipynb #9f2624ac
+FROZEN_CACHE_MODULES = ("timm.models.efficientnet", "timm.models.mobilenetv3")  # models laid out as stem, blocks, head
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model[0] if isinstance(model, nn.Sequential) else model
+
+
+def frozen_blocks(model: nn.Module) -> int:
+    """How many of the model's `blocks` are frozen (after `freeze_groups`) behind a frozen stem: the layers that
+    `forward_trunk` runs."""
+    base = _base(model)
+    if type(base).__module__ not in FROZEN_CACHE_MODULES:
+        raise ValueError(
+            f"cache_frozen needs a model laid out as stem, blocks, head (EfficientNet, MobileNetV3 and their kin in "
+            f"timm); {type(base).__name__} is not: set cache_frozen=false"
+        )
+    if any(q.requires_grad for q in (*base.conv_stem.parameters(), *base.bn1.parameters())):
+        raise ValueError("cache_frozen needs frozen layers: set freeze >= 1 (the stem, then whole stages)")
+    n = 0
+    while n < len(base.blocks) and not any(q.requires_grad for q in base.blocks[n].parameters()):
+        n += 1
+    return n
+
+
+def forward_trunk(model: nn.Module, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    "The stem and the first `n_blocks` blocks: what a frozen model computes the same way every epoch."
+    base = _base(model)
+    return base.blocks[:n_blocks](base.bn1(base.conv_stem(x)))
+
+
+def forward_rest(model: nn.Module, z: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    "The rest of the model, from the output of `forward_trunk` to the logits (the head too)."
+    base = _base(model)
+    z = base.blocks[n_blocks:](z)
+    if hasattr(base, "conv_head") and hasattr(base, "bn2"):  # EfficientNet: the head conv ends its features
+        z = base.bn2(base.conv_head(z))
+    out = base.forward_head(z)
+    return model[1](out) if isinstance(model, nn.Sequential) else out
+
+
 # %% ../nbs/01a_models.ipynb #ba099da1
 def input_norm(model: nn.Module) -> tuple:
     "(mean, std) the model expects its inputs normalised with (ImageNet's when its config has none)."
@@ -198,6 +239,15 @@ def to_input(batch, mean, std, device="cpu", channels_last: bool = True):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
+def frozen_input(batch, mirrored, device="cpu", channels_last: bool = True) -> torch.Tensor:
+    """Stored frozen-layer outputs (B, 2, C, h, w) -> float (B, C, h, w) on `device`: the plain (0) or mirrored (1)
+    image's, per batch (an int) or per image (a bool tensor of B)."""
+    z = torch.as_tensor(batch).to(device, non_blocking=True)
+    pick = torch.as_tensor(mirrored, device=z.device).long().expand(len(z))
+    x = z[torch.arange(len(z), device=z.device), pick].float()
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
 @torch.no_grad()
 def predict(
     model,
@@ -211,18 +261,27 @@ def predict(
     amp=False,
     flip=False,
     progress: str = "",
+    n_frozen: int | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, C) for rows `rows` of the cached `images` (with `flip`, averaged with the mirrored
-    images'); with `progress`, a progress bar of that name."""
+    images'); with `progress`, a progress bar of that name. With `n_frozen`, `images` holds the stored outputs of the
+    frozen layers (plain and mirrored, see `mask_pstage.training.frozen_features`) and the rest of the model runs."""
     model.eval()
     out = []
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    run = model if n_frozen is None else lambda z: forward_rest(model, z, n_frozen)
     starts = range(0, len(rows), batch_size)
     for i in progress_bar(starts, desc=progress, unit="batch") if progress else starts:
-        x = to_input(np.asarray(images[rows[i : i + batch_size]]), mean, std, device, channels_last)
+        batch = np.asarray(images[rows[i : i + batch_size]])
+        if n_frozen is None:
+            x = to_input(batch, mean, std, device, channels_last)
+            mirrored = lambda: x.flip(3)
+        else:
+            x = frozen_input(batch, 0, device, channels_last)
+            mirrored = lambda: frozen_input(batch, 1, device, channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            logits = model(x).float()
+            logits = run(x).float()
             if flip:
-                logits = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)).log()
+                logits = (logits.softmax(1) + run(mirrored()).float().softmax(1)).log()
         out.append(logits.softmax(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, N_CLASSES), np.float32)

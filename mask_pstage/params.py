@@ -156,6 +156,7 @@ class TrainParams(Params):
     pretrained: bool = True  # ImageNet weights: `weights` if set, else timm's download (needs internet)
     weights: str = ""  # offline weights: lite0 | lite1 | lite2 (registry packages) or a checkpoint file
     freeze: int = 0  # freeze the first N layer groups (stem, then stages) with their batch-norm statistics
+    cache_frozen: bool = False  # compute the frozen layers once per image and its mirror; train the rest on that
     layer_decay: float = 0.0  # timm's layer-wise lr decay (e.g. 0.7: each earlier group learns 0.7x slower); 0 = off
     img_size: tuple = (128, 96)  # (height, width)
     head: str = "single"  # single 18-way | multitask (mask, gender, age-band heads) | age (exact-age distribution)
@@ -257,6 +258,8 @@ def _check_values(p: TrainParams):
         raise ValueError(f"age_threshold_train={p.age_threshold_train} must be in 31..120")
     if p.freeze < 0:
         raise ValueError(f"freeze={p.freeze} must be >= 0 (0 = train every layer)")
+    if p.cache_frozen:
+        _check_cache_frozen(p)
     if not 0 <= p.layer_decay < 1:
         raise ValueError(f"layer_decay={p.layer_decay} must be in 0..1 (0 = off)")
     if p.lr <= 0:
@@ -283,6 +286,22 @@ def _check_values(p: TrainParams):
             raise ValueError(f"age_cut_old={p.age_cut_old} must be in 31..60")
     if not 0 <= p.crop_margin <= 2:
         raise ValueError(f"crop_margin={p.crop_margin} must be in 0..2 (a share of the face box size per side)")
+
+
+def _check_cache_frozen(p: TrainParams):
+    "cache_frozen trains on stored outputs of the frozen layers: only a mirror image can still be drawn."
+    if p.freeze < 1:
+        raise ValueError("cache_frozen=true needs frozen layers: set freeze >= 1 (the stem, then whole stages)")
+    if p.augment not in ("none", "light"):
+        raise ValueError(
+            f"cache_frozen=true trains on stored layer outputs, so augment={p.augment!r} cannot be applied; use "
+            "augment=light (mirror images) or none, or cache_frozen=false"
+        )
+    mixed = [name for name in ("mixup", "cutmix", "strip_cutmix") if getattr(p, name)]
+    if mixed:
+        raise ValueError(
+            f"cache_frozen=true cannot be combined with {', '.join(mixed)} (they mix pixels); set them to 0"
+        )
 
 
 def _check_writable(name: str, path):

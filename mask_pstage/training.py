@@ -4,7 +4,8 @@
 
 # %% ../nbs/03a_training.ipynb #f51e53e9
 from __future__ import annotations
-import os, re, sys, json, math, time, random, shutil, argparse, platform
+import os, re, sys, json, math, time, random, shutil, argparse, platform, hashlib, dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field, fields, asdict
 import numpy as np
 import pandas as pd
@@ -12,10 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-from .core import in_notebook, progress_bar, remove_partial, resolve_path
+from .core import atomic_path, in_notebook, in_test, progress_bar, remove_partial, resolve_path
 from .params import TrainParams, make_params, parse_loss, _split_runs
 from .preprocess import FoldData, build_augment, CachedImages, collate_uint8, prepare_data
 from .models import make_model, input_norm, count_macs, predict, to_input, age_targets, freeze_groups
+from .models import frozen_blocks, forward_trunk, forward_rest, frozen_input
 from .weights import resolve_weights
 from .runs import Run
 
@@ -23,8 +25,8 @@ from .runs import Run
 __all__ = ['LOSSES', 'RESUME_MAY_CHANGE', 'LENGTH_SCHEDULERS', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss',
            'symmetric_ce_loss', 'kd_loss', 'build_loss', 'seed_epoch', 'EpochSampler', 'strip_cutmix', 'Mixing',
            'teacher_probabilities', 'Distillation', 'distillation', 'AgeLoss', 'age_loss', 'build_optimizer',
-           'build_scheduler', 'setup_device', 'Fit', 'setup', 'train_one_epoch', 'evaluate', 'end_epoch', 'finish',
-           'train', 'plot_history', 'main']
+           'build_scheduler', 'setup_device', 'Fit', 'frozen_features', 'setup', 'train_one_epoch', 'evaluate',
+           'end_epoch', 'finish', 'train', 'plot_history', 'main']
 
 # %% ../nbs/03a_training.ipynb #0b4d86a6
 def _probs_target(t, n: int):
@@ -356,6 +358,7 @@ class Fit:
     updates: int = 0
     stopped_after: int | None = None  # the epoch count after which `on_epoch` stopped training
     history: list = field(default_factory=list)
+    n_frozen: int | None = None  # cache_frozen: the run's images are the stored outputs of this many frozen blocks
 
     @property
     def main(self) -> bool:
@@ -450,6 +453,39 @@ def _worker_init(worker_id):
     if getattr(info.dataset, "augment", None) is not None:
         info.dataset.augment.set_random_seed(seed)
 
+# %% ../nbs/03a_training.ipynb #ef96765e
+def frozen_features(
+    model: nn.Module, images, n_blocks: int, norm, cache_dir, device, channels_last: bool = True, progress: str = ""
+) -> np.ndarray:
+    """The outputs of the frozen stem and first `n_blocks` blocks for every image of `images` and for its mirror image,
+    as a read-only float16 array (N, 2, C, h, w) memory-mapped from `cache_dir`: computed once per image cache and
+    frozen weights (a rerun, a resumed run or another fold of the same images reuses the file)."""
+    base = model[0] if isinstance(model, nn.Sequential) else model
+    trunk = nn.Sequential(base.conv_stem, base.bn1, *base.blocks[:n_blocks]).eval()  # frozen: running BN statistics
+    key = hashlib.sha1(str(n_blocks).encode())
+    name = getattr(images, "filename", None)  # a memory-mapped image cache is named by a hash of its content
+    key.update(Path(name).name.encode() if name else np.ascontiguousarray(images).tobytes())
+    for k, v in trunk.state_dict().items():
+        key.update(k.encode() + v.detach().cpu().numpy().tobytes())
+    file = resolve_path(cache_dir) / f"frozen_{type(base).__name__}_{key.hexdigest()[:20]}.npy"
+    if file.exists():
+        return np.load(file, mmap_mode="r")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(file) as tmp, torch.inference_mode():
+        out = None
+        starts = range(0, len(images), 32)  # small batches keep a CPU's caches warm
+        for i in progress_bar(starts, desc=progress, unit="batch") if progress else starts:
+            x = to_input(np.asarray(images[i : i + 32]), *norm, device, channels_last)
+            z = torch.stack([forward_trunk(model, x, n_blocks), forward_trunk(model, x.flip(3), n_blocks)], 1)
+            z = z.to(torch.float16).cpu().numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(images), *z.shape[1:]))
+            out[i : i + len(z)] = z
+        out.flush()
+        del out
+    return np.load(file, mmap_mode="r")
+
+
 # %% ../nbs/03a_training.ipynb #0207a563
 def _resume(f: Fit):
     "Continue from the run's last checkpoint: weights, optimizer, scheduler, scaler, EMA, counters and history."
@@ -537,6 +573,18 @@ def _report_ignored(p: TrainParams, data: FoldData):
         )
 
 
+def _frozen_data(p, data: FoldData, model, norm, device, world: int) -> tuple[FoldData, int]:
+    "(the fold data with the frozen layers' stored outputs as its images, how many blocks they cover)."
+    if world > 1:
+        raise ValueError("cache_frozen=true trains in one process; set cache_frozen=false under torchrun")
+    n = frozen_blocks(model)
+    go = lambda images, what: frozen_features(
+        model, images, n, norm, p.cache_dir, device, p.channels_last, "" if in_test() else f"frozen layers, {what}"
+    )
+    eval_images = None if data.eval_images is None else go(data.eval_images, "eval images")
+    return dataclasses.replace(data, images=go(data.images, "training images"), eval_images=eval_images), n
+
+
 def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
     """Everything before the first epoch: the run folder checked, data, model, loss, loader, optimizer, resume state,
     logs."""
@@ -552,10 +600,13 @@ def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
     if rank == 0:
         _report_ignored(p, data)
     model, net, ema, norm, cost, frozen = _build_model(p, device, world, len(data.classes))
+    n_frozen = None
+    if p.cache_frozen:
+        data, n_frozen = _frozen_data(p, data, model, norm, device, world)
     loss_fn, sample_weights = _balance(p, data, device)
     sampler, augment = (
         EpochSampler(len(data.train_rows), sample_weights, p.seed, rank, world),
-        build_augment(p.augment, seed=p.seed),
+        build_augment(p.augment, seed=p.seed) if n_frozen is None else None,  # stored outputs are mirrored per batch
     )
     loader = _loader(p, data, sampler, augment, device)
     opt = build_optimizer(model, p)
@@ -586,6 +637,7 @@ def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
         sched_kind=sched_kind,
         scaler=torch.amp.GradScaler(device.type, enabled=p.amp and device.type == "cuda"),
         t_start=t_start,
+        n_frozen=n_frozen,
     )
     if p.resume and run.started:
         _resume(f)
@@ -599,7 +651,9 @@ def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
 def train_one_epoch(f: Fit, epoch: int) -> dict:
     "One pass over the training rows (reseeded from the epoch); returns the epoch's training numbers."
     p = f.p
-    f.augment.set_random_seed(seed_epoch(p.seed, epoch))
+    seed = seed_epoch(p.seed, epoch)
+    if f.augment is not None:
+        f.augment.set_random_seed(seed)
     f.sampler.set_epoch(epoch)
     f.net.train()
     for m in f.frozen:
@@ -608,11 +662,16 @@ def train_one_epoch(f: Fit, epoch: int) -> dict:
     f.opt.zero_grad(set_to_none=True)
     batches = progress_bar(f.loader, desc=f"epoch {epoch}", unit="batch", leave=False) if f.main else f.loader
     for step, (imgs, rows) in enumerate(batches):
-        x, y = f.mixing(to_input(imgs, *f.norm, f.device, p.channels_last), f.targets[rows].to(f.device))
+        if f.n_frozen is None:
+            x = to_input(imgs, *f.norm, f.device, p.channels_last)
+        else:  # stored outputs of the frozen layers: the mirror image's for about half of them (augment light)
+            mirrored = torch.rand(len(imgs)) < (0.5 if p.augment == "light" else 0)
+            x = frozen_input(imgs, mirrored, f.device, p.channels_last)
+        x, y = f.mixing(x, f.targets[rows].to(f.device))
         with torch.autocast(
             f.device.type, dtype=torch.float16 if f.device.type == "cuda" else torch.bfloat16, enabled=p.amp
         ):
-            logits = f.net(x).float()
+            logits = (f.net(x) if f.n_frozen is None else forward_rest(f.net, x, f.n_frozen)).float()
         loss = f.loss_fn(logits, y)
         if f.teacher is not None:
             loss = f.teacher(loss, logits, rows, f.device)
@@ -661,7 +720,14 @@ def evaluate(f: Fit, row: dict) -> dict:
     if f.main and f.has_val:
         d = f.data
         probs = predict(
-            f.eval_model(), d.images, d.val_rows, *f.norm, f.device, channels_last=f.p.channels_last, amp=f.p.amp
+            f.eval_model(),
+            d.images,
+            d.val_rows,
+            *f.norm,
+            f.device,
+            channels_last=f.p.channels_last,
+            amp=f.p.amp,
+            n_frozen=f.n_frozen,
         )
         y_val, m = d.table.label.to_numpy()[d.val_rows], d.metrics(d.val_rows, probs)
         out = dict(
@@ -733,6 +799,7 @@ def finish(f: Fit) -> dict:
         channels_last=p.channels_last,
         amp=p.amp,
         progress=f"predicting {len(rows)} {what} images",
+        n_frozen=f.n_frozen,
     )
     columns = [f"p{c}" for c in range(len(d.classes))]
     metrics = dict(
