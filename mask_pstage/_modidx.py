@@ -136,6 +136,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'mask_pstage.models.predict': ('models.html#predict', 'mask_pstage/models.py'),
                                     'mask_pstage.models.save_checkpoint': ('models.html#save_checkpoint', 'mask_pstage/models.py'),
                                     'mask_pstage.models.save_model': ('models.html#save_model', 'mask_pstage/models.py'),
+                                    'mask_pstage.models.scale_classifier': ('models.html#scale_classifier', 'mask_pstage/models.py'),
                                     'mask_pstage.models.to_input': ('models.html#to_input', 'mask_pstage/models.py')},
             'mask_pstage.params': { 'mask_pstage.params.AnalysisParams': ('params.html#analysisparams', 'mask_pstage/params.py'),
                                     'mask_pstage.params.AnalysisParams.check': ( 'params.html#analysisparams.check',

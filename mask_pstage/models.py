@@ -16,9 +16,10 @@ from .weights import resolve_weights
 from .params import TrainParams
 
 # %% auto #0
-__all__ = ['AGES', 'FROZEN_CACHE_MODULES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model', 'save_model',
-           'load_model', 'make_model', 'freeze_groups', 'frozen_blocks', 'forward_trunk', 'forward_rest', 'input_norm',
-           'count_macs', 'save_checkpoint', 'load_checkpoint', 'average_states', 'to_input', 'frozen_input', 'predict']
+__all__ = ['AGES', 'FROZEN_CACHE_MODULES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model',
+           'scale_classifier', 'save_model', 'load_model', 'make_model', 'freeze_groups', 'frozen_blocks',
+           'forward_trunk', 'forward_rest', 'input_norm', 'count_macs', 'save_checkpoint', 'load_checkpoint',
+           'average_states', 'to_input', 'frozen_input', 'predict']
 
 # %% ../nbs/01a_models.ipynb #cd8b900e
 class FactorizedHead(nn.Module):
@@ -93,6 +94,17 @@ def create_model(
     return net
 
 # %% ../nbs/01a_models.ipynb #559af0bc
+def scale_classifier(model: nn.Module, scale: float) -> nn.Module:
+    """Scale the classifier's initial weights by `scale` and zero its bias: a new head on pretrained layers then starts
+    near uniform predictions, and its first large gradients do not reach and disturb the pretrained layers."""
+    head = (model[0] if isinstance(model, nn.Sequential) else model).get_classifier()
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        if head.bias is not None:
+            head.bias.zero_()
+    return model
+
+
 def save_model(model: nn.Module, path) -> Path:
     "Save a whole model, architecture included (for pruned models, whose shapes no name describes), atomically."
     with atomic_path(path) as tmp:

@@ -17,7 +17,7 @@ from .core import atomic_path, in_notebook, in_test, progress_bar, remove_partia
 from .params import TrainParams, make_params, parse_loss, _split_runs
 from .preprocess import FoldData, build_augment, CachedImages, collate_uint8, prepare_data
 from .models import make_model, input_norm, count_macs, predict, to_input, age_targets, freeze_groups
-from .models import frozen_blocks, forward_trunk, forward_rest, frozen_input
+from .models import frozen_blocks, forward_trunk, forward_rest, frozen_input, scale_classifier
 from .weights import resolve_weights
 from .runs import Run
 
@@ -397,6 +397,8 @@ def _build_model(p, device, world: int, n_classes: int):
     and params."""
     seed_epoch(p.seed, 0)
     model = make_model(p, n_classes=n_classes)
+    if p.head_init != 1:
+        scale_classifier(model, p.head_init)
     norm, cost = input_norm(model), count_macs(model, p.img_size)
     frozen = freeze_groups(model, p.freeze)
     model = model.to(device)
@@ -455,14 +457,22 @@ def _worker_init(worker_id):
 
 # %% ../nbs/03a_training.ipynb #ef96765e
 def frozen_features(
-    model: nn.Module, images, n_blocks: int, norm, cache_dir, device, channels_last: bool = True, progress: str = ""
+    model: nn.Module,
+    images,
+    n_blocks: int,
+    norm,
+    cache_dir,
+    device,
+    channels_last: bool = True,
+    progress: str = "",
+    mirrored: bool = True,
 ) -> np.ndarray:
-    """The outputs of the frozen stem and first `n_blocks` blocks for every image of `images` and for its mirror image,
-    as a read-only float16 array (N, 2, C, h, w) memory-mapped from `cache_dir`: computed once per image cache and
-    frozen weights (a rerun, a resumed run or another fold of the same images reuses the file)."""
+    """The outputs of the frozen stem and first `n_blocks` blocks for every image of `images` and (with `mirrored`) for
+    its mirror image, as a read-only float16 array (N, 2 or 1, C, h, w) memory-mapped from `cache_dir`: computed once
+    per image cache and frozen weights (a rerun, a resumed run or another fold of the same images reuses the file)."""
     base = model[0] if isinstance(model, nn.Sequential) else model
     trunk = nn.Sequential(base.conv_stem, base.bn1, *base.blocks[:n_blocks]).eval()  # frozen: running BN statistics
-    key = hashlib.sha1(str(n_blocks).encode())
+    key = hashlib.sha1(f"{n_blocks} {mirrored}".encode())
     name = getattr(images, "filename", None)  # a memory-mapped image cache is named by a hash of its content
     key.update(Path(name).name.encode() if name else np.ascontiguousarray(images).tobytes())
     for k, v in trunk.state_dict().items():
@@ -476,7 +486,8 @@ def frozen_features(
         starts = range(0, len(images), 32)  # small batches keep a CPU's caches warm
         for i in progress_bar(starts, desc=progress, unit="batch") if progress else starts:
             x = to_input(np.asarray(images[i : i + 32]), *norm, device, channels_last)
-            z = torch.stack([forward_trunk(model, x, n_blocks), forward_trunk(model, x.flip(3), n_blocks)], 1)
+            views = (x, x.flip(3)) if mirrored else (x,)
+            z = torch.stack([forward_trunk(model, v, n_blocks) for v in views], 1)
             z = z.to(torch.float16).cpu().numpy()
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(images), *z.shape[1:]))
@@ -578,11 +589,12 @@ def _frozen_data(p, data: FoldData, model, norm, device, world: int) -> tuple[Fo
     if world > 1:
         raise ValueError("cache_frozen=true trains in one process; set cache_frozen=false under torchrun")
     n = frozen_blocks(model)
-    go = lambda images, what: frozen_features(
-        model, images, n, norm, p.cache_dir, device, p.channels_last, "" if in_test() else f"frozen layers, {what}"
+    go = lambda images, what, mirrored: frozen_features(
+        model, images, n, norm, p.cache_dir, device, p.channels_last, "" if in_test() else f"frozen: {what}", mirrored
     )
-    eval_images = None if data.eval_images is None else go(data.eval_images, "eval images")
-    return dataclasses.replace(data, images=go(data.images, "training images"), eval_images=eval_images), n
+    # eval images are predicted as they are: no mirror image to store
+    eval_images = None if data.eval_images is None else go(data.eval_images, "eval images", False)
+    return dataclasses.replace(data, images=go(data.images, "training images", True), eval_images=eval_images), n
 
 
 def setup(p: TrainParams, device, rank: int = 0, world: int = 1) -> Fit:
