@@ -252,7 +252,7 @@ def to_input(batch, mean, std, device="cpu", channels_last: bool = True):
 
 
 def frozen_input(batch, mirrored, device="cpu", channels_last: bool = True) -> torch.Tensor:
-    """Stored frozen-layer outputs (B, 2, C, h, w) -> float (B, C, h, w) on `device`: the plain (0) or mirrored (1)
+    """Stored frozen-layer outputs (B, 2 or 1, C, h, w) -> float (B, C, h, w) on `device`: the plain (0) or mirrored (1)
     image's, per batch (an int) or per image (a bool tensor of B)."""
     z = torch.as_tensor(batch).to(device, non_blocking=True)
     pick = torch.as_tensor(mirrored, device=z.device).long().expand(len(z))
@@ -282,6 +282,8 @@ def predict(
     out = []
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     run = model if n_frozen is None else lambda z: forward_rest(model, z, n_frozen)
+    if n_frozen is not None and flip and images.shape[1] < 2:
+        raise ValueError("flip needs the mirror images' stored outputs: these were stored without them")
     starts = range(0, len(rows), batch_size)
     for i in progress_bar(starts, desc=progress, unit="batch") if progress else starts:
         batch = np.asarray(images[rows[i : i + batch_size]])

@@ -45,13 +45,15 @@ SPACES = dict(
         img_size={"choice": ["64x48", "96x72", "128x96", "160x120"]},
         lr={"float": [3e-3, 0.1], "log": True},
     ),
-    # fine-tuning the offline ImageNet weights (preset cpu): lr, how much stays frozen, input size, loss, head
+    # fine-tuning the offline ImageNet weights (preset cpu, whose frozen layers are computed once: freeze >= 1): lr,
+    # how much stays frozen, the classifier's initial scale, input size, loss, head
     pretrained=dict(
         lr={"float": [2e-4, 3e-3], "log": True},
         weight_decay={"float": [1e-3, 0.1], "log": True},
-        freeze={"int": [0, 4]},
+        freeze={"int": [1, 6]},
+        head_init={"choice": [0.05, 0.2, 1.0]},
         layer_decay={"choice": [0.0, 0.8, 0.65]},
-        img_size={"choice": ["96x72", "112x84", "128x96"]},
+        img_size={"choice": ["112x84", "128x96", "144x108"]},
         loss={"choice": ["ce", "label_smoothing"]},
         head={"choice": ["single", "multitask"]},
     ),
