@@ -18,8 +18,8 @@ from .params import TrainParams
 # %% auto #0
 __all__ = ['AGES', 'FROZEN_CACHE_MODULES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model',
            'scale_classifier', 'save_model', 'load_model', 'make_model', 'freeze_groups', 'frozen_blocks',
-           'forward_trunk', 'forward_rest', 'input_norm', 'count_macs', 'save_checkpoint', 'load_checkpoint',
-           'average_states', 'to_input', 'frozen_input', 'predict']
+           'trunk_modules', 'forward_trunk', 'forward_rest', 'input_norm', 'count_macs', 'save_checkpoint',
+           'load_checkpoint', 'average_states', 'to_input', 'frozen_input', 'predict']
 
 # %% ../nbs/01a_models.ipynb #cd8b900e
 class FactorizedHead(nn.Module):
@@ -180,10 +180,15 @@ def frozen_blocks(model: nn.Module) -> int:
     return n
 
 
+def trunk_modules(model: nn.Module, n_blocks: int) -> nn.Sequential:
+    "The stem and the first `n_blocks` blocks as one module (the model's own layers, not copies)."
+    base = _base(model)
+    return nn.Sequential(base.conv_stem, base.bn1, *base.blocks[:n_blocks])
+
+
 def forward_trunk(model: nn.Module, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
     "The stem and the first `n_blocks` blocks: what a frozen model computes the same way every epoch."
-    base = _base(model)
-    return base.blocks[:n_blocks](base.bn1(base.conv_stem(x)))
+    return trunk_modules(model, n_blocks)(x)
 
 
 def forward_rest(model: nn.Module, z: torch.Tensor, n_blocks: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from .core import atomic_path, in_notebook, in_test, progress_bar, remove_partia
 from .params import TrainParams, make_params, parse_loss, _split_runs
 from .preprocess import FoldData, build_augment, CachedImages, collate_uint8, prepare_data
 from .models import make_model, input_norm, count_macs, predict, to_input, age_targets, freeze_groups
-from .models import frozen_blocks, forward_trunk, forward_rest, frozen_input, scale_classifier
+from .models import frozen_blocks, trunk_modules, forward_rest, frozen_input, scale_classifier
 from .weights import resolve_weights
 from .runs import Run
 
@@ -470,14 +470,13 @@ def frozen_features(
     """The outputs of the frozen stem and first `n_blocks` blocks for every image of `images` and (with `mirrored`) for
     its mirror image, as a read-only float16 array (N, 2 or 1, C, h, w) memory-mapped from `cache_dir`: computed once
     per image cache and frozen weights (a rerun, a resumed run or another fold of the same images reuses the file)."""
-    base = model[0] if isinstance(model, nn.Sequential) else model
-    trunk = nn.Sequential(base.conv_stem, base.bn1, *base.blocks[:n_blocks]).eval()  # frozen: running BN statistics
+    trunk = trunk_modules(model, n_blocks).eval()  # frozen: running BN statistics
     key = hashlib.sha1(f"{n_blocks} {mirrored}".encode())
     name = getattr(images, "filename", None)  # a memory-mapped image cache is named by a hash of its content
     key.update(Path(name).name.encode() if name else np.ascontiguousarray(images).tobytes())
     for k, v in trunk.state_dict().items():
         key.update(k.encode() + v.detach().cpu().numpy().tobytes())
-    file = resolve_path(cache_dir) / f"frozen_{type(base).__name__}_{key.hexdigest()[:20]}.npy"
+    file = resolve_path(cache_dir) / f"frozen_{key.hexdigest()[:20]}.npy"  # the key covers the frozen weights
     if file.exists():
         return np.load(file, mmap_mode="r")
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -487,7 +486,7 @@ def frozen_features(
         for i in progress_bar(starts, desc=progress, unit="batch") if progress else starts:
             x = to_input(np.asarray(images[i : i + 32]), *norm, device, channels_last)
             views = (x, x.flip(3)) if mirrored else (x,)
-            z = torch.stack([forward_trunk(model, v, n_blocks) for v in views], 1)
+            z = torch.stack([trunk(v) for v in views], 1)
             z = z.to(torch.float16).cpu().numpy()
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(images), *z.shape[1:]))
