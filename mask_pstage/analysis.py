@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from mask_pstage.core import (
+    folder_lock,
     age_band,
     attribute_probs,
     AGE_BANDS,
@@ -267,51 +268,51 @@ def run_analysis(runs, out_dir="", gallery_size: int = 18, noise_manifest="", im
     beside the runs)."""
     runs = find_runs(runs)
     out = resolve_path(out_dir) if out_dir else runs[0].path.parent / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
-    oof, folds = load_oof(runs), fold_table(runs)
-    share = validated_share(runs, oof)
-    full = share == 1.0
-    summary = dict(
-        runs=[str(r) for r in runs],
-        fold_macro_f1_mean=float(folds.macro_f1.mean()),
-        fold_macro_f1_std=float(folds.macro_f1.std(ddof=0)),
-    )
-    if share:  # a full K-fold, or k of its folds: the out-of-fold score of the persons validated on
-        m = classification_metrics(oof.label, oof[PROB_COLUMNS].to_numpy())
-        summary.update(
-            oof_macro_f1=m["macro_f1"],
-            oof_f1_mask=m["f1_mask"],
-            oof_f1_gender=m["f1_gender"],
-            oof_f1_age=m["f1_age"],
-            oof_persons_share=share,
+    with folder_lock(out, "analysis folder"):  # one writer: a second analysis into it fails, naming this one
+        oof, folds = load_oof(runs), fold_table(runs)
+        share = validated_share(runs, oof)
+        full = share == 1.0
+        summary = dict(
+            runs=[str(r) for r in runs],
+            fold_macro_f1_mean=float(folds.macro_f1.mean()),
+            fold_macro_f1_std=float(folds.macro_f1.std(ddof=0)),
         )
-    per_class = per_class_table(oof.label, oof.pred)
-    write_csv(per_class, out / "per_class.csv")
-    suspects = noise_suspects(oof)
-    manifest_path = (
-        Path(noise_manifest) if noise_manifest else resolve_path(runs[0].params.data_dir) / "label_noise.csv"
-    )
-    if manifest_path.exists():
-        manifest = pd.read_csv(manifest_path, dtype={"person_id": str})
-        summary["noise_detection"] = noise_detection(suspects, manifest)
-        suspects = suspects.assign(injected=suspects.person_id.isin(manifest.person_id))
-    write_csv(suspects, out / "noise_suspects.csv")
-    splits = split_comparison(runs, image_split_runs) if image_split_runs else None
-    if splits is not None:
-        write_csv(splits, out / "split_comparison.csv")
-        summary["split_comparison"] = {k: float(v) for k, v in splits.drop(columns="fold").mean().items()}
-    with atomic_path(out / ANALYSIS_SUMMARY) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1, default=float))
-    return SimpleNamespace(
-        runs=runs,
-        out=out,
-        oof=oof,
-        folds=folds,
-        full=full,
-        summary=summary,
-        per_class=per_class,
-        ages=age_error_table(oof),
-        mistakes=confident_mistakes(oof, gallery_size),
-        suspects=suspects,
-        splits=splits,
-    )
+        if share:  # a full K-fold, or k of its folds: the out-of-fold score of the persons validated on
+            m = classification_metrics(oof.label, oof[PROB_COLUMNS].to_numpy())
+            summary.update(
+                oof_macro_f1=m["macro_f1"],
+                oof_f1_mask=m["f1_mask"],
+                oof_f1_gender=m["f1_gender"],
+                oof_f1_age=m["f1_age"],
+                oof_persons_share=share,
+            )
+        per_class = per_class_table(oof.label, oof.pred)
+        write_csv(per_class, out / "per_class.csv")
+        suspects = noise_suspects(oof)
+        manifest_path = (
+            Path(noise_manifest) if noise_manifest else resolve_path(runs[0].params.data_dir) / "label_noise.csv"
+        )
+        if manifest_path.exists():
+            manifest = pd.read_csv(manifest_path, dtype={"person_id": str})
+            summary["noise_detection"] = noise_detection(suspects, manifest)
+            suspects = suspects.assign(injected=suspects.person_id.isin(manifest.person_id))
+        write_csv(suspects, out / "noise_suspects.csv")
+        splits = split_comparison(runs, image_split_runs) if image_split_runs else None
+        if splits is not None:
+            write_csv(splits, out / "split_comparison.csv")
+            summary["split_comparison"] = {k: float(v) for k, v in splits.drop(columns="fold").mean().items()}
+        with atomic_path(out / ANALYSIS_SUMMARY) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1, default=float))
+        return SimpleNamespace(
+            runs=runs,
+            out=out,
+            oof=oof,
+            folds=folds,
+            full=full,
+            summary=summary,
+            per_class=per_class,
+            ages=age_error_table(oof),
+            mistakes=confident_mistakes(oof, gallery_size),
+            suspects=suspects,
+            splits=splits,
+        )

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #67dc0ddc
 from __future__ import annotations
-import os, sys, re, stat, contextlib, tempfile
+import os, sys, re, stat, errno, shutil, socket, contextlib, tempfile
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -12,13 +12,15 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORING_AGE_THRESHOLD', 'STEM_TO_MASK', 'IMAGE_STEMS',
-           'IMAGE_EXTS', 'PARTIAL_SUFFIX', 'MIN_IMAGE_SIDE', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES', 'age_band',
-           'encode_label', 'decode_label', 'attribute_probs', 'class_names', 'project_root', 'resolve_path',
-           'in_notebook', 'in_test', 'progress_bar', 'atomic_path', 'remove_partial', 'save_figure', 'write_csv',
-           'Problem', 'LayoutError', 'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval',
-           'image_size', 'open_upright', 'open_rgb', 'decode_images', 'validate_layout', 'format_report',
-           'validate_main', 'label_fix_table', 'apply_label_fixes', 'classification_metrics', 'assign_folds',
-           'imagefolder_root', 'read_imagefolder', 'imagefolder_metrics', 'assign_label_folds']
+           'IMAGE_EXTS', 'PARTIAL_SUFFIX', 'LOCK_FILE', 'MIN_IMAGE_SIDE', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES',
+           'age_band', 'encode_label', 'decode_label', 'attribute_probs', 'class_names', 'project_root', 'resolve_path',
+           'in_notebook', 'in_test', 'progress_bar', 'atomic_path', 'DiskFullError', 'load_stored_array',
+           'reserve_space', 'FolderBusyError', 'lock_holder', 'folder_lock', 'remove_locked_folder', 'Stopped',
+           'stop_on_signals', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError',
+           'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_upright',
+           'open_rgb', 'decode_images', 'validate_layout', 'format_report', 'validate_main', 'label_fix_table',
+           'apply_label_fixes', 'classification_metrics', 'assign_folds', 'imagefolder_root', 'read_imagefolder',
+           'imagefolder_metrics', 'assign_label_folds']
 
 # %% ../nbs/00_core.ipynb #2fde608a
 MASKS = ("wear", "incorrect", "not_wear")
@@ -151,15 +153,238 @@ def atomic_path(path):
     normal new file), on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    except OSError as e:
+        if _full(e):
+            raise DiskFullError(path) from None
+        raise
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: other users and tools must read run folders
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if not _full(e) or isinstance(e, DiskFullError):
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # first, so that the free space said is what a rerun finds
+        raise DiskFullError(path) from None
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+def _full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    "A write that found no space left (or a quota reached): names the file and the free space; the old file is intact."
+
+    def __init__(self, path):
+        path = Path(path)
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on the device writing {path} ({free} there); free some space and run the same command "
+            f"again: the previous {path.name}, if there was one, is intact",
+        )
+
+    def __str__(self):
+        return self.strerror
+
+
+def load_stored_array(file, log=print) -> np.ndarray | None:
+    """A stored array (a cache) memory-mapped read-only; None when there is none, or when the file is damaged (cut
+    short, or not an array): then it is removed, said, and the caller builds it again."""
+    file = Path(file)
+    if not file.exists():
+        return None
+    try:
+        return np.load(file, mmap_mode="r")
+    except (ValueError, EOFError) as e:  # cut short, or a header that is not numpy's
+        log(f"stored array {file} is damaged ({type(e).__name__}: {e}); building it again")
+        file.unlink(missing_ok=True)
+        return None
+
+
+def reserve_space(path) -> Path:
+    """Allocate every block of `path` now (a memory-mapped file is sparse until written): a full disk then fails here
+    with an error, not later with a SIGBUS in the middle of writing through the map."""
+    if not hasattr(os, "posix_fallocate"):  # not on macOS: the map stays sparse
+        return Path(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+    finally:
+        os.close(fd)
+    return Path(path)
+
+
+LOCK_FILE = ".lock"  # a writer's lock in the folder it writes; it names the process holding it
+_held_locks: dict = {}  # folder -> [fd, depth]: a process may take its own folder's lock again (nested calls)
+
+
+def _forget_locks():
+    """In a forked child (a DataLoader worker) the parent's locks are not the child's: closed here, they end with the
+    parent, not with the last of its children."""
+    for fd, _ in _held_locks.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks)
+
+
+class FolderBusyError(RuntimeError):
+    "Another process is writing the folder: a second writer stops before it touches anything."
+
+
+def lock_holder(folder) -> str | None:
+    "Who holds `folder`'s writer lock (as the holder wrote it), or None when no live process does."
+    import fcntl
+
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken for an instant: a writer retries (see folder_lock)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+    except OSError:  # a file system without flock
+        return None
+    finally:
+        os.close(fd)
+
+
+def _take(fd) -> bool:
+    "Try the exclusive lock a few times over 0.1 s (a `lock_holder` probe holds it for an instant); True if taken."
+    import fcntl, time
+
+    for wait in (0.0, 0.02, 0.03, 0.05):
+        time.sleep(wait)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+    return False
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what: str = "folder"):
+    """Hold `folder`'s writer lock while the block runs: an exclusive `flock` on `folder/.lock`, which the operating
+    system releases when the process ends in any way (a killed run never leaves a lock that blocks its resume). A
+    second process fails at once with `FolderBusyError`, naming the folder and the process that holds it. Readers never
+    take it. On a file system without `flock` it warns and goes on unlocked."""
+    folder = Path(folder).resolve()
+    if folder in _held_locks:  # this process holds it already
+        _held_locks[folder][1] += 1
+        try:
+            yield folder
+        finally:
+            _held_locks[folder][1] -= 1
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        taken = _take(fd)
+    except OSError as e:  # ENOLCK, ENOSYS, EOPNOTSUPP: some network and FUSE file systems
+        os.close(fd)
+        print(f"warning: cannot lock {folder} ({e.strerror}): nothing stops a second writer there", file=sys.stderr)
+        taken = None
+    if taken is None:
+        yield folder
+        return
+    if not taken:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise FolderBusyError(
+            f"{what} {folder} is being written by {holder}; wait for it to finish (or stop that process), "
+            f"or write to another folder"
+        )
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({command})\n".encode(), 0)
+    _held_locks[folder] = [fd, 1]
+    try:
+        yield folder
+    finally:
+        if _held_locks.pop(folder, None) is not None:
+            os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting writer)
+
+
+def remove_locked_folder(folder):
+    """Remove a folder whose writer lock this process holds (a run that failed before it had anything to keep): its
+    contents while the lock still guards them, then the lock file, then the folder itself if nothing new is in it."""
+    folder = Path(folder)
+    for f in folder.iterdir():
+        if f.name == LOCK_FILE:
+            continue
+        if f.is_dir() and not f.is_symlink():
+            shutil.rmtree(f, ignore_errors=True)
+        else:
+            f.unlink(missing_ok=True)
+    (folder / LOCK_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+class Stopped(KeyboardInterrupt):
+    "SIGTERM or SIGINT arrived while `stop_on_signals` was on: raised where the process was, so that it unwinds."
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum, self.name = signum, signal.Signals(signum).name
+        super().__init__(self.name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as a shell reports a process a signal ended
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While the block runs, SIGTERM (a batch scheduler's preemption, `kill`, a stopped job) and SIGINT (Ctrl-C) raise
+    `Stopped` in the main thread: `finally` blocks run and partial files go, where the default would end the process
+    at once. The first signal puts the previous handlers back, so a second one acts as it would have (ends the process
+    at once). A SIGINT that was ignored (a background job) stays ignored; outside the main thread it does nothing."""
+    import signal, threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore():
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    def handler(signum, frame):
+        restore()
+        raise Stopped(signum)
+
+    for s, h in old.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        restore()
 
 
 def remove_partial(folder) -> list[Path]:

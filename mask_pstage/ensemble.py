@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from .core import N_CLASSES, PROB_COLUMNS, classification_metrics, resolve_path, atomic_path, write_csv
+from .core import folder_lock
 from .runs import ENSEMBLE_FILES, ENSEMBLE_KEYS, Run, all_runs, check_keys, find_runs
 from .models import input_norm, predict
 from .submission import write_submission, score
@@ -197,42 +198,42 @@ def run_ensemble(
     method, tta, average_last = ep.method, ep.tta, ep.average_last
     models = [find_runs(spec) for spec in runs.split(";") if spec.strip()]
     out = resolve_path(out_dir) if out_dir else models[0][0].path.parent / "ensemble"
-    out.mkdir(parents=True, exist_ok=True)
-    w = ep.weight_values
-    preds = [model_predictions(m, tta, average_last) for m in models]
-    data_dir = models[0][0].params.data_dir
-    report = dict(
-        models=[[str(r) for r in m] for m in models],
-        method=method,
-        weights=w,
-        tta=tta,
-        average_last=average_last,
-        person_pooling=person_pooling,
-    )
-    report.update(_oof_report(models, preds, method, w, person_pooling))
-    order = preds[0][1].ImageID
-    test_probs = combine([t.set_index("ImageID").loc[order][PROB_COLUMNS].to_numpy() for _, t in preds], method, w)
-    as_table = lambda probs: pd.concat(
-        [order.reset_index(drop=True), pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1
-    )
-    truth_path = resolve_path(truth) if truth else resolve_path(data_dir) / "eval_truth.csv"
-    if person_pooling != "none":
-        eval_dir = resolve_path(data_dir) / "eval" / "images"
-        groups = group_persons([eval_dir / i for i in order])
-        report["eval_groups"] = int(groups.max() + 1)
-        write_submission(
-            as_table(test_probs), data_dir, out / ENSEMBLE_FILES["submission_unpooled"]
-        )  # the same models without pooling
+    with folder_lock(out, "ensemble folder"):  # one writer: a second ensemble into it fails, naming this one
+        w = ep.weight_values
+        preds = [model_predictions(m, tta, average_last) for m in models]
+        data_dir = models[0][0].params.data_dir
+        report = dict(
+            models=[[str(r) for r in m] for m in models],
+            method=method,
+            weights=w,
+            tta=tta,
+            average_last=average_last,
+            person_pooling=person_pooling,
+        )
+        report.update(_oof_report(models, preds, method, w, person_pooling))
+        order = preds[0][1].ImageID
+        test_probs = combine([t.set_index("ImageID").loc[order][PROB_COLUMNS].to_numpy() for _, t in preds], method, w)
+        as_table = lambda probs: pd.concat(
+            [order.reset_index(drop=True), pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1
+        )
+        truth_path = resolve_path(truth) if truth else resolve_path(data_dir) / "eval_truth.csv"
+        if person_pooling != "none":
+            eval_dir = resolve_path(data_dir) / "eval" / "images"
+            groups = group_persons([eval_dir / i for i in order])
+            report["eval_groups"] = int(groups.max() + 1)
+            write_submission(
+                as_table(test_probs), data_dir, out / ENSEMBLE_FILES["submission_unpooled"]
+            )  # the same models without pooling
+            if truth_path.exists():
+                report["score_unpooled"] = score(out / ENSEMBLE_FILES["submission_unpooled"], truth_path)
+            test_probs = pool_person_probs(test_probs, groups, person_pooling)
+        test = as_table(test_probs)
+        write_csv(test, out / ENSEMBLE_FILES["test_probs"], float_format="%.6f")
+        write_submission(test, data_dir, out / ENSEMBLE_FILES["submission"])
         if truth_path.exists():
-            report["score_unpooled"] = score(out / ENSEMBLE_FILES["submission_unpooled"], truth_path)
-        test_probs = pool_person_probs(test_probs, groups, person_pooling)
-    test = as_table(test_probs)
-    write_csv(test, out / ENSEMBLE_FILES["test_probs"], float_format="%.6f")
-    write_submission(test, data_dir, out / ENSEMBLE_FILES["submission"])
-    if truth_path.exists():
-        report["score"] = score(out / ENSEMBLE_FILES["submission"], truth_path)
-    check_keys(report, ENSEMBLE_KEYS, f"{out}/{ENSEMBLE_FILES['report']}")
-    with atomic_path(out / ENSEMBLE_FILES["report"]) as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
-    write_csv(leaderboard(leaderboard_root), out / ENSEMBLE_FILES["leaderboard"])
-    return dict(report, out_dir=str(out), data_dir=data_dir)
+            report["score"] = score(out / ENSEMBLE_FILES["submission"], truth_path)
+        check_keys(report, ENSEMBLE_KEYS, f"{out}/{ENSEMBLE_FILES['report']}")
+        with atomic_path(out / ENSEMBLE_FILES["report"]) as tmp:
+            tmp.write_text(json.dumps(report, indent=1))
+        write_csv(leaderboard(leaderboard_root), out / ENSEMBLE_FILES["leaderboard"])
+        return dict(report, out_dir=str(out), data_dir=data_dir)

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-from .core import N_CLASSES, resolve_path, atomic_path, progress_bar
-from .weights import resolve_weights
+from .core import N_CLASSES, resolve_path, progress_bar
+from .weights import resolve_weights, save_torch
 from .params import TrainParams
 
 # %% auto #0
@@ -107,9 +107,7 @@ def scale_classifier(model: nn.Module, scale: float) -> nn.Module:
 
 def save_model(model: nn.Module, path) -> Path:
     "Save a whole model, architecture included (for pruned models, whose shapes no name describes), atomically."
-    with atomic_path(path) as tmp:
-        torch.save(model, tmp)
-    return Path(path)
+    return save_torch(model, path)
 
 
 def load_model(path) -> nn.Module:
@@ -221,8 +219,7 @@ def count_macs(model: nn.Module, img_size) -> tuple[int, int]:
 # %% ../nbs/01a_models.ipynb #96d41a07
 def save_checkpoint(path, **state):
     "torch.save to `path` atomically."
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 def load_checkpoint(path) -> dict:

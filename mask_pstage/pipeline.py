@@ -4,9 +4,10 @@
 
 # %% ../nbs/07_pipeline.ipynb #8401bb69
 from __future__ import annotations
-import os, sys, json, math, time, argparse, hashlib
+import os, sys, json, math, time, argparse, hashlib, inspect, functools, contextlib
 from pathlib import Path
 from .core import LayoutError, Problem, in_notebook, project_root, resolve_path, atomic_path, validate_layout
+from .core import LOCK_FILE, Stopped, remove_locked_folder, stop_on_signals
 from .params import PRESETS, recipe, parse_kv
 from .kernels import ipc_kernel_manager
 from .runs import PSEUDO_FILES, PipelineRun, Run
@@ -44,6 +45,50 @@ def _execute_here(notebook: Path, out_nb: Path, params: dict, name: str):
     write_nb(nb, out_nb)
 
 
+def _papermill(notebook: Path, out_nb: Path, params: dict):
+    """papermill in a worker thread while this (main) thread waits: nbclient then leaves the signal handlers alone, so
+    a SIGTERM or Ctrl-C raises `Stopped` here. It is passed on to the step's kernel (a training there stops as it
+    would on its own: its last epoch kept), and the step's end is awaited before `Stopped` goes on."""
+    import threading
+    import papermill as pm
+
+    kernels, outcome = [], {}
+
+    class Manager(ipc_kernel_manager()):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            kernels.append(self)
+
+    def execute():
+        try:
+            pm.execute_notebook(
+                str(notebook),
+                str(out_nb),
+                parameters=params,
+                cwd=str(NBS.parent),
+                progress_bar=False,
+                kernel_manager_class=Manager,
+            )
+        except BaseException as e:
+            outcome["error"] = e
+
+    worker = threading.Thread(target=execute, name=f"papermill {notebook.name}", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except Stopped as e:
+        for km in kernels:
+            pid = getattr(km.provisioner, "pid", None) if km.has_kernel else None
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, e.signum)
+        worker.join(120)  # the kernel's training saves and stops; papermill writes the notebook and ends the kernel
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+
+
 def run_step(
     run: Path, name: str, notebook: str, params: dict, force: bool = False, log=print, in_process: bool = False
 ) -> Path:
@@ -64,17 +109,13 @@ def run_step(
         if in_process:
             _execute_here(NBS / notebook, out_nb, params, name)
         else:
-            pm.execute_notebook(
-                str(NBS / notebook),
-                str(out_nb),
-                parameters=params,
-                cwd=str(NBS.parent),
-                progress_bar=False,
-                kernel_manager_class=ipc_kernel_manager(),
-            )
+            _papermill(NBS / notebook, out_nb, params)
     except pm.PapermillExecutionError as e:
         what = f"{e.ename}: {e.evalue}" if str(e.evalue).strip() else f"{e.ename}, without a message"
         raise PipelineError(f"step '{name}' failed ({what}); the traceback is in {out_nb}") from None
+    except Stopped as e:
+        e.step = name
+        raise
     finally:
         if in_test is not None:
             os.environ["IN_TEST"] = in_test
@@ -89,6 +130,27 @@ __all__ = ['NBS', 'PipelineError', 'run_step', 'run_pipeline', 'check_pretrained
            'make_pseudo_labels', 'pipeline_summary', 'summary_markdown', 'write_summary', 'main']
 
 # %% ../nbs/07_pipeline.ipynb #34fcb6dc
+def _one_writer(fn):
+    """While `fn(data_dir, run_dir, ...)` runs: the pipeline folder's writer lock (a second pipeline on the folder
+    fails at once, naming the process), and SIGTERM/SIGINT turned into `Stopped` (the step named, files whole)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        run = PipelineRun(resolve_path(signature.bind(*args, **kwargs).arguments["run_dir"]))
+        existed = run.path.exists()
+        with run.lock(), stop_on_signals():
+            try:
+                return fn(*args, **kwargs)
+            except BaseException:
+                if not existed and {f.name for f in run.path.iterdir()} <= {LOCK_FILE}:
+                    remove_locked_folder(run.path)  # a check failed before any step: no folder left behind
+                raise
+
+    return locked
+
+
+@_one_writer
 def run_pipeline(
     data_dir,
     run_dir,
@@ -573,6 +635,7 @@ def main(argv=None):
         run_pipeline(
             a.data,
             a.run,
+            log=functools.partial(print, flush=True),  # every line at once, also into a file or a pipe
             n_folds=a.folds,
             train=parse_kv(a.train),
             ensemble=parse_kv(a.ensemble),
@@ -584,7 +647,15 @@ def main(argv=None):
             image_split=a.image_split,
             train_folds=a.train_folds,
         )
-    except (PipelineError, FileNotFoundError, ValueError) as e:
+    except Stopped as e:
+        where = f"during step '{e.step}'" if getattr(e, "step", None) else "between steps"
+        print(
+            f"error: the pipeline was stopped by {e.name} {where}; run the same command again to continue "
+            f"(finished steps are reused, a stopped training resumes from its last epoch)",
+            file=sys.stderr,
+        )
+        sys.exit(e.exit_code)
+    except (PipelineError, OSError, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -14,6 +14,8 @@ import albumentations as A
 from dataclasses import dataclass, field
 from mask_pstage.core import (
     atomic_path,
+    load_stored_array,
+    reserve_space,
     resolve_path,
     write_csv,
     read_train,
@@ -318,11 +320,13 @@ def build_cache(
     cache_dir = resolve_path(cache_dir)
     crop = "none" if boxes is None else "crop"
     file = cache_dir / f"images_{size[0]}x{size[1]}_{crop}_{cache_key(paths, size, boxes)}.npy"
-    if file.exists():
-        return np.load(file, mmap_mode="r")
+    stored = load_stored_array(file)
+    if stored is not None:
+        return stored
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(file) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
+        reserve_space(tmp)  # a full disk fails here, named, not later in a write through the map
 
         def fill(i):
             arr[i] = load_image(  # noqa: F821 (arr is deleted only after every fill ran)

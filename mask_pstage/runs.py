@@ -8,7 +8,7 @@ import fnmatch, glob, json, shutil
 from pathlib import Path
 import pandas as pd
 from fastcore.basics import patch
-from .core import N_CLASSES, atomic_path, resolve_path, write_csv
+from .core import N_CLASSES, atomic_path, folder_lock, resolve_path, write_csv
 from .models import average_states, load_checkpoint, make_model
 from .models import save_checkpoint as write_checkpoint
 from .params import TrainParams
@@ -65,7 +65,10 @@ class Run:
     # reading
     @property
     def info(self) -> dict:
-        return json.loads((self.path / PARAMS).read_text())
+        try:
+            return json.loads((self.path / PARAMS).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.path / PARAMS} is damaged ({e}); restore it, or start the run over") from None
 
     @property
     def params(self) -> TrainParams:
@@ -82,7 +85,15 @@ class Run:
 
     def history(self) -> pd.DataFrame:
         f = self.path / HISTORY
-        return pd.read_csv(f) if f.exists() else pd.DataFrame()
+        if not f.exists():
+            return pd.DataFrame()
+        try:
+            h = pd.read_csv(f)
+        except Exception as e:
+            raise ValueError(f"{f} cannot be read ({type(e).__name__}: {e}); restore it, or start over") from None
+        if "epoch" not in h or h.epoch.isna().any() or not h.epoch.is_monotonic_increasing:
+            raise ValueError(f"{f} is damaged (its epoch column is missing or out of order); restore it, or start over")
+        return h
 
     def predictions(self, kind: str) -> pd.DataFrame | None:
         "Saved probabilities: kind 'oof' (validation), 'test' (eval) or 'train'; None when the run did not write them."
@@ -130,6 +141,12 @@ def save_checkpoint(self: Run, which, **state):
     "Checkpoint 'best', 'last' or the weights of epoch `which` (an int)."
     name = EPOCH.format(which) if isinstance(which, int) else dict(best=BEST, last=LAST)[which]
     write_checkpoint(self.path / name, **state)
+
+
+@patch
+def lock(self: Run):
+    "The run folder's writer lock (a context manager): training holds it; a second training into the folder fails."
+    return folder_lock(self.path, "run folder")
 
 
 @patch(as_prop=True)
@@ -319,6 +336,10 @@ class PipelineRun:
 
     def __repr__(self):
         return f"PipelineRun({str(self.path)!r})"
+
+    def lock(self):
+        "The pipeline folder's writer lock (a context manager), held by the pipeline from its checks to its summary."
+        return folder_lock(self.path, "pipeline run")
 
     def folder(self, name: str) -> Path:
         "The folder of a step's output (one of `PIPELINE_FOLDERS`)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_training.ipynb #f51e53e9
 from __future__ import annotations
-import os, re, sys, json, math, time, random, shutil, argparse, platform, hashlib, dataclasses
+import os, re, sys, json, math, time, random, argparse, platform, hashlib, contextlib, dataclasses
 from pathlib import Path
 from dataclasses import dataclass, field, fields, asdict
 import numpy as np
@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-from .core import atomic_path, in_notebook, in_test, progress_bar, remove_partial, resolve_path
+from .core import Stopped, atomic_path, in_notebook, in_test, progress_bar, remove_partial, resolve_path
+from .core import load_stored_array, remove_locked_folder, reserve_space, stop_on_signals
 from .params import TrainParams, make_params, parse_loss, _split_runs
 from .preprocess import FoldData, build_augment, CachedImages, collate_uint8, prepare_data
 from .models import make_model, input_norm, count_macs, predict, to_input, age_targets, freeze_groups
@@ -477,8 +478,9 @@ def frozen_features(
     for k, v in trunk.state_dict().items():
         key.update(k.encode() + v.detach().cpu().numpy().tobytes())
     file = resolve_path(cache_dir) / f"frozen_{key.hexdigest()[:20]}.npy"  # the key covers the frozen weights
-    if file.exists():
-        return np.load(file, mmap_mode="r")
+    stored = load_stored_array(file)
+    if stored is not None:
+        return stored
     file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(file) as tmp, torch.inference_mode():
         out = None
@@ -490,6 +492,7 @@ def frozen_features(
             z = z.to(torch.float16).cpu().numpy()
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(images), *z.shape[1:]))
+                reserve_space(tmp)  # a full disk fails here, named, not later in a write through the map
             out[i : i + len(z)] = z
         out.flush()
         del out
@@ -510,6 +513,11 @@ def _resume(f: Fit):
     f.start_epoch, f.best_f1, f.best_epoch, f.updates = ck["epoch"], ck["best_f1"], ck["best_epoch"], ck["updates"]
     history = f.run.history()
     f.history = history[history.epoch < f.start_epoch].to_dict("records") if len(history) else []
+    if [h["epoch"] for h in f.history] != list(range(f.start_epoch)):  # written before last.pt: it holds every epoch
+        raise ValueError(
+            f"{f.run.path / 'history.csv'} lacks epochs that {f.run.path / 'last.pt'} finished (it holds "
+            f"{len(f.history)} of {f.start_epoch}): it was cut or edited; restore it, or start the run over"
+        )
     if f.main:
         print(f"resuming {f.run} at epoch {f.start_epoch} (best macro F1 {f.best_f1:.4f} at epoch {f.best_epoch})")
 
@@ -856,6 +864,16 @@ def finish(f: Fit) -> dict:
     return metrics
 
 # %% ../nbs/03a_training.ipynb #29d57bd3
+def _stopped_message(signal_name: str, run: Run, done: int | None, epochs: int) -> str:
+    if not run.started:
+        return f"training stopped by {signal_name} before its first epoch ended; nothing to resume: start it again"
+    done = "its finished" if done is None else f"{done} of {epochs}"
+    return (
+        f"training stopped by {signal_name}; {run.path / 'last.pt'} holds {done} epochs: run the same command with "
+        f"resume=True (--resume true) to continue"
+    )
+
+
 def train(params=None, on_epoch=None, **overrides) -> dict:
     """Train one fold as described by `params` (see above); returns the metrics and writes the run folder.
     `on_epoch(epoch, row)` is called after each recorded epoch (rank 0 and others alike); when it returns True, training
@@ -864,21 +882,28 @@ def train(params=None, on_epoch=None, **overrides) -> dict:
     p = make_params(params, **overrides)
     device, rank, world, local_rank, owns_process_group = setup_device(p)
     run = Run(p.out_dir)
-    existed = run.path.exists()
+    existed, done = run.path.exists(), None
     try:
-        f = setup(p, device, rank, world)
-        for epoch in range(f.start_epoch, p.epochs):
-            row = train_one_epoch(f, epoch)
-            row.update(evaluate(f, row))
-            end_epoch(f, epoch, row)
-            if on_epoch is not None and on_epoch(epoch, row):
-                f.stopped_after = epoch + 1
-                break
-        return finish(f)
-    except BaseException:
-        if rank == 0 and not existed and not run.started:
-            shutil.rmtree(run.path, ignore_errors=True)  # nothing to resume: no debris
-        raise
+        # one writer per run folder (rank 0 writes it); SIGTERM/SIGINT unwind like an error, last.pt stays whole
+        with run.lock() if rank == 0 else contextlib.nullcontext(), stop_on_signals():
+            try:
+                f = setup(p, device, rank, world)
+                done = f.start_epoch
+                for epoch in range(f.start_epoch, p.epochs):
+                    row = train_one_epoch(f, epoch)
+                    row.update(evaluate(f, row))
+                    end_epoch(f, epoch, row)
+                    done = epoch + 1
+                    if on_epoch is not None and on_epoch(epoch, row):
+                        f.stopped_after = epoch + 1
+                        break
+                return finish(f)
+            except BaseException as e:
+                if rank == 0 and not existed and not run.started:
+                    remove_locked_folder(run.path)  # nothing to resume: no debris
+                if isinstance(e, Stopped):
+                    e.args = (_stopped_message(e.name, run, done, p.epochs),)
+                raise
     finally:
         if owns_process_group:
             torch.distributed.destroy_process_group()
@@ -915,6 +940,9 @@ def main(argv=None):
     args = {k: v for k, v in vars(ap.parse_args(argv)).items() if v is not None}
     try:
         metrics = train(**args)
+    except Stopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     if metrics:

@@ -11,8 +11,8 @@ import timm
 from .core import atomic_path, resolve_path
 
 # %% auto #0
-__all__ = ['REGISTRY', 'registry_file', 'convert_state_dict', 'file_sha256', 'weights_model', 'check_weights', 'resolve_weights',
-           'imagenet_top']
+__all__ = ['REGISTRY', 'registry_file', 'convert_state_dict', 'save_torch', 'file_sha256', 'weights_model', 'check_weights',
+           'resolve_weights', 'imagenet_top']
 
 # %% ../nbs/01b_weights.ipynb #a983091f
 REGISTRY = dict(  # name -> the timm model whose tensors the package's file holds, and where that file is
@@ -83,6 +83,14 @@ def convert_state_dict(
     return out
 
 # %% ../nbs/01b_weights.ipynb #263c4d2a
+def save_torch(obj, path) -> Path:
+    """`torch.save` to `path` atomically, through a Python file: a full disk then raises `DiskFullError` naming the
+    file (torch's own writer, given a path, reports it as a RuntimeError that does not say why)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
 def file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -141,8 +149,7 @@ def resolve_weights(weights: str, model: str, cache_dir="outputs/cache") -> tupl
         state = _load_state(source)
         converted = convert_state_dict(state, target, f"weights file {source.name}", model)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp:
-            torch.save(converted, tmp)
+        save_torch(converted, out)
     return out, dict(weights=weights, source=origin, source_sha256=digest, file=str(out), sha256=file_sha256(out))
 
 # %% ../nbs/01b_weights.ipynb #fec20e8c
