@@ -82,6 +82,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_pstage.core.save_figure': ('core.html#save_figure', 'mask_pstage/core.py'),
                                   'mask_pstage.core.scan_eval': ('core.html#scan_eval', 'mask_pstage/core.py'),
                                   'mask_pstage.core.scan_train': ('core.html#scan_train', 'mask_pstage/core.py'),
+                                  'mask_pstage.core.signals_held': ('core.html#signals_held', 'mask_pstage/core.py'),
                                   'mask_pstage.core.stop_on_signals': ('core.html#stop_on_signals', 'mask_pstage/core.py'),
                                   'mask_pstage.core.validate_layout': ('core.html#validate_layout', 'mask_pstage/core.py'),
                                   'mask_pstage.core.validate_main': ('core.html#validate_main', 'mask_pstage/core.py'),

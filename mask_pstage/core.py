@@ -16,7 +16,7 @@ __all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORIN
            'age_band', 'encode_label', 'decode_label', 'attribute_probs', 'class_names', 'project_root', 'resolve_path',
            'in_notebook', 'in_test', 'progress_bar', 'atomic_path', 'DiskFullError', 'load_stored_array',
            'reserve_space', 'FolderBusyError', 'lock_holder', 'folder_lock', 'remove_locked_folder', 'Stopped',
-           'stop_on_signals', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError',
+           'signals_held', 'stop_on_signals', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError',
            'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_upright',
            'open_rgb', 'decode_images', 'validate_layout', 'format_report', 'validate_main', 'label_fix_table',
            'apply_label_fixes', 'classification_metrics', 'assign_folds', 'imagefolder_root', 'read_imagefolder',
@@ -357,6 +357,24 @@ class Stopped(KeyboardInterrupt):
         return 128 + self.signum  # as a shell reports a process a signal ended
 
 
+_signals_held = [0, None]  # depth of `signals_held` blocks, the signal that arrived inside them
+
+
+@contextlib.contextmanager
+def signals_held():
+    """A write that must not be cut by `Stopped`: a signal that `stop_on_signals` catches inside the block is kept and
+    raised when the block ends. `torch.save` needs it: an exception raised in its file writer's callback comes out as
+    torch's RuntimeError, no longer a stop. Keep such blocks short (one file)."""
+    _signals_held[0] += 1
+    try:
+        yield
+    finally:
+        _signals_held[0] -= 1
+        if not _signals_held[0] and _signals_held[1] is not None:
+            signum, _signals_held[1] = _signals_held[1], None
+            raise Stopped(signum)
+
+
 @contextlib.contextmanager
 def stop_on_signals():
     """While the block runs, SIGTERM (a batch scheduler's preemption, `kill`, a stopped job) and SIGINT (Ctrl-C) raise
@@ -376,6 +394,9 @@ def stop_on_signals():
 
     def handler(signum, frame):
         restore()
+        if _signals_held[0]:  # inside `signals_held`: raised when that block ends
+            _signals_held[1] = signum
+            return
         raise Stopped(signum)
 
     for s, h in old.items():

@@ -8,7 +8,7 @@ import hashlib, importlib.metadata, importlib.util
 from pathlib import Path
 import torch
 import timm
-from .core import atomic_path, resolve_path
+from .core import atomic_path, resolve_path, signals_held
 
 # %% auto #0
 __all__ = ['REGISTRY', 'registry_file', 'convert_state_dict', 'save_torch', 'file_sha256', 'weights_model', 'check_weights',
@@ -85,8 +85,9 @@ def convert_state_dict(
 # %% ../nbs/01b_weights.ipynb #263c4d2a
 def save_torch(obj, path) -> Path:
     """`torch.save` to `path` atomically, through a Python file: a full disk then raises `DiskFullError` naming the
-    file (torch's own writer, given a path, reports it as a RuntimeError that does not say why)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    file (torch's own writer, given a path, reports it as a RuntimeError that does not say why). A SIGTERM or Ctrl-C
+    during the write stops the process once the file is whole (inside torch's writer it would come out as an error)."""
+    with signals_held(), atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
     return Path(path)
 
