@@ -77,7 +77,11 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from selenium.webdriver.common.keys import Keys
-    from selenium.common.exceptions import ElementClickInterceptedException, TimeoutException
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
 
     url, token = lab
     source = ROOT / "nbs" / "01_eda.ipynb"
@@ -93,7 +97,15 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
         idle = lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")
         wait.until(idle)  # the kernel is up
-        prompts = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputArea-prompt")]
+
+        # JupyterLab re-renders cells while they run, so an element found a moment ago may be gone when its text is
+        # read (StaleElementReferenceException): read the texts in the page, in one script call
+        def texts(d, css):
+            return d.execute_script(
+                "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.textContent)", css
+            )
+
+        prompts = lambda d: texts(d, ".jp-CodeCell .jp-InputArea-prompt")
         started = lambda d: any(p.strip("[]: ") for p in prompts(d))  # a cell queued ([*]) or ran ([1])
         shot = ROOT / "outputs" / "browser" / "01_eda.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +114,10 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
         # a modal JupyterLab dialog (e.g. on a first start) swallows clicks: accept it, keep its text
         def dismiss_dialogs():
             for dialog in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):
-                dialogs.append(dialog.text[:200])
+                try:
+                    dialogs.append(dialog.text[:200])
+                except StaleElementReferenceException:  # closed on its own meanwhile
+                    continue
                 buttons = dialog.find_elements(By.CSS_SELECTOR, ".jp-Dialog-button.jp-mod-accept")
                 if buttons:
                     buttons[0].click()
@@ -134,24 +149,18 @@ def test_eda_notebook_runs_in_jupyterlab_in_a_real_browser(lab, tmp_path):
                 try:
                     run_all_cells()
                     clicked, again = time.time(), False
-                except (TimeoutException, ElementClickInterceptedException):
+                except (TimeoutException, ElementClickInterceptedException, StaleElementReferenceException):
                     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
             time.sleep(1)
-        stderr = driver.find_elements(
-            By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+        stderr = texts(driver, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        errors = [t[:500] for t in stderr if "Traceback" in t or "Error" in t]
+        images, loaded = driver.execute_script(
+            "const i = Array.from(document.querySelectorAll('.jp-RenderedImage img'));"
+            "return [i.length, i.filter(e => e.complete && e.naturalWidth > 0).length]"
         )
-        errors = [e.text[:500] for e in stderr if "Traceback" in e.text or "Error" in e.text]
-        images = driver.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
-        loaded = [
-            i
-            for i in images
-            if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
-        ]
         driver.save_screenshot(str(shot))
         assert not errors, errors
-        assert len(loaded) >= 3, (
-            f"{len(loaded)} of {len(images)} plots rendered as images (distributions, ages, samples expected)"
-        )
+        assert loaded >= 3, f"{loaded} of {images} plots rendered as images (distributions, ages, samples expected)"
     finally:
         driver.quit()
     assert hashlib.sha256(source.read_bytes()).hexdigest() == before, "the source notebook was not saved over"
