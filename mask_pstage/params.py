@@ -16,7 +16,7 @@ from .weights import check_weights
 __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'CROP_ASPECTS', 'AUGMENT_NAMES',
            'FACE_DETECTOR_NAMES', 'SPLITS', 'ENSEMBLE_METHODS', 'POOLINGS', 'PRESETS', 'to_bool', 'parse_size',
            'parse_loss', 'parse_kv', 'Params', 'TrainParams', 'make_params', 'AnalysisParams', 'EnsembleParams',
-           'Recipe', 'recipe']
+           'add_arguments', 'Recipe', 'recipe']
 
 # %% ../nbs/01d_params.ipynb #8edb47106e1a46a883d545849b8ab81b
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
@@ -397,6 +397,20 @@ class EnsembleParams(Params):
         if self.method == "weighted" and any(x < 0 for x in w):
             raise ValueError(f"weights={self.weights!r} must not be negative")
         return self
+
+# %% ../nbs/01d_params.ipynb #a3b94f05
+def add_arguments(parser, cls, skip=()) -> None:
+    "One `--name` option per field of parameter class `cls` (except `skip`): help = type, default and its comment."
+    from fastcore.docments import docments
+
+    docs, defaults = docments(cls, full=True), cls()
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        doc = docs[f.name]["docment"]
+        default = getattr(defaults, f.name)
+        text = f"{docs[f.name]['anno']}, default {default!r}" + (f": {doc}" if doc else "")
+        parser.add_argument(f"--{f.name}", default=None, metavar="VALUE", help=text.replace("%", "%%"))
 
 # %% ../nbs/01d_params.ipynb #379cbbc1e968416e875cc15c1202d7eb
 @dataclass

@@ -289,8 +289,8 @@ def grouping_scores(true_ids, pred_ids) -> dict:
     t = pd.Series(np.asarray(true_ids)).astype(str).to_numpy()
     p = np.asarray(pred_ids)
     ct = pd.crosstab(p, t)
-    purity = ct.max(1).sum() / len(t)
-    inv = ct.max(0).sum() / len(t)
+    purity = ct.max(axis=1).sum() / len(t)
+    inv = ct.max(axis=0).sum() / len(t)
     exact = sum(1 for person, col in ct.items() if (col > 0).sum() == 1 and ct.loc[col.idxmax()].sum() == col.sum())
     return dict(
         purity=round(float(purity), 4),

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, re, sys, json, math, time, random, argparse, platform, hashlib, contextlib, dataclasses
 from pathlib import Path
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, asdict
 import numpy as np
 import pandas as pd
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import timm
 from .core import Stopped, atomic_path, in_notebook, in_test, progress_bar, remove_partial, resolve_path
 from .core import load_stored_array, remove_locked_folder, reserve_space, stop_on_signals
-from .params import TrainParams, make_params, parse_loss, _split_runs
+from .params import TrainParams, add_arguments, make_params, parse_loss, _split_runs
 from .preprocess import FoldData, build_augment, CachedImages, collate_uint8, prepare_data
 from .models import make_model, input_norm, count_macs, predict, to_input, age_targets, freeze_groups
 from .models import frozen_blocks, trunk_modules, forward_rest, frozen_input, scale_classifier
@@ -498,7 +498,6 @@ def frozen_features(
         del out
     return np.load(file, mmap_mode="r")
 
-
 # %% ../nbs/03a_training.ipynb #0207a563
 def _resume(f: Fit):
     "Continue from the run's last checkpoint: weights, optimizer, scheduler, scaler, EMA, counters and history."
@@ -935,8 +934,7 @@ def plot_history(history: pd.DataFrame):
 def main(argv=None):
     "Train one fold from the command line (also under torchrun)."
     ap = argparse.ArgumentParser(prog="python -m mask_pstage.training", description=main.__doc__)
-    for f in fields(TrainParams):
-        ap.add_argument(f"--{f.name}", default=None, help=f"default: {getattr(TrainParams(), f.name)!r}")
+    add_arguments(ap, TrainParams)
     args = {k: v for k, v in vars(ap.parse_args(argv)).items() if v is not None}
     try:
         metrics = train(**args)
