@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
+import torch
 from mask_pstage.core import (
     folder_lock,
     age_band,
@@ -32,7 +33,8 @@ from .runs import ANALYSIS_SUMMARY, Run, find_runs
 
 # %% auto #0
 __all__ = ['NOISE_FIELDS', 'load_oof', 'fold_table', 'validated_share', 'covers_all_persons', 'confusion_plots',
-           'per_class_table', 'age_error_table', 'confident_mistakes', 'gallery', 'noise_suspects', 'noise_detection',
+           'per_class_table', 'age_error_table', 'confident_mistakes', 'gallery', 'feature_layer',
+           'class_activation_maps', 'gradcam_examples', 'gradcam_gallery', 'noise_suspects', 'noise_detection',
            'split_comparison', 'run_analysis']
 
 # %% ../nbs/04b_analysis.ipynb #5782f121
@@ -148,6 +150,68 @@ def gallery(rows: pd.DataFrame, cols: int = 6, thumb=(96, 128)):
         ax.set_title(
             f"{r.person_id} {r.stem}\ntrue {names[r.label]}\npred {names[r.pred]} ({r.confidence:.2f})", fontsize=6.5
         )
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/04b_analysis.ipynb #e0b6ce16
+def feature_layer(model):
+    "The last feature stage of a timm model (from its `feature_info`): where Grad-CAM looks."
+    base = model[0] if isinstance(model, torch.nn.Sequential) else model  # heads wrap the timm model
+    info = getattr(base, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(base).__name__} has no feature_info: Grad-CAM needs a timm model with feature stages")
+    return base.get_submodule(info[-1]["module"])
+
+
+def class_activation_maps(model, crops: np.ndarray, targets) -> np.ndarray:
+    "Grad-CAM maps (N, H, W) in [0, 1] of `model` on uint8 face crops (N, H, W, 3) for classes `targets`."
+    from captum.attr import LayerAttribution, LayerGradCam
+    from mask_pstage.models import input_norm, to_input
+
+    model = model.eval()
+    x = to_input(crops, *input_norm(model), "cpu", channels_last=False).requires_grad_()  # a graph even when frozen
+    cam = LayerGradCam(model, feature_layer(model)).attribute(
+        x, target=[int(t) for t in targets], relu_attributions=True
+    )
+    maps = LayerAttribution.interpolate(cam, tuple(crops.shape[1:3]), "bilinear")[:, 0].detach().numpy()
+    return maps.clip(0) / np.maximum(maps.reshape(len(maps), -1).max(1), 1e-12)[:, None, None]
+
+# %% ../nbs/04b_analysis.ipynb #fda8d026
+def gradcam_examples(runs: list[Run], oof: pd.DataFrame, k_wrong: int = 6, k_right: int = 2, seed: int = 0):
+    """(rows, crops, maps): the `k_wrong` most confident mistakes and `k_right` right answers per attribute, drawn with
+    `seed`, each with its run's face crop and Grad-CAM map for the predicted class; `why` says which it is."""
+    probs = oof[PROB_COLUMNS].to_numpy()
+    chosen = [confident_mistakes(oof, k_wrong).assign(why="confident mistake")]
+    true, pred, rng = decode_label(oof.label.to_numpy()), decode_label(oof.pred.to_numpy()), np.random.default_rng(seed)
+    for name, t, p in zip(("mask", "gender", "age band"), true, pred):
+        right = np.flatnonzero(t == p)
+        pick = rng.choice(right, min(k_right, len(right)), replace=False)
+        chosen.append(oof.iloc[pick].assign(why=f"{name} right", confidence=probs[pick, oof.pred.to_numpy()[pick]]))
+    rows = pd.concat(chosen).reset_index(drop=True)
+    crops, maps = [None] * len(rows), [None] * len(rows)
+    for run in runs:
+        mine = np.flatnonzero(rows.run.to_numpy() == str(run))
+        if not len(mine):
+            continue
+        data = run.fold_data()
+        where = pd.Series(np.arange(len(data.table)), index=data.table.path.to_numpy())
+        images = np.asarray(data.images[where.loc[rows.path.to_numpy()[mine]].to_numpy()])
+        for i, crop, m in zip(mine, images, class_activation_maps(run.model(), images, rows.pred.to_numpy()[mine])):
+            crops[i], maps[i] = crop, m
+    return rows, np.stack(crops), np.stack(maps)
+
+
+def gradcam_gallery(rows: pd.DataFrame, crops: np.ndarray, maps: np.ndarray, cols: int = 6):
+    "Each face crop with its Grad-CAM map over it, why it was chosen, true and predicted classes."
+    n = max(len(rows), 1)
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2.1 * cols, 3.1 * -(-n // cols)), squeeze=False)
+    names = class_names()
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r, crop, m in zip(axes.flat, rows.itertuples(), crops, maps):
+        ax.imshow(crop)
+        ax.imshow(m, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(f"{r.why}\ntrue {names[r.label]}\npred {names[r.pred]} ({r.confidence:.2f})", fontsize=6.5)
     fig.tight_layout()
     return fig
 

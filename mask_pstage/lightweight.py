@@ -14,9 +14,9 @@ from .models import count_macs, create_model, predict, input_norm
 from .runs import Run
 
 # %% auto #0
-__all__ = ['MACS_REFERENCE', 'F1_REFERENCE', 'lightweight_score', 'measure_latency', 'model_cost', 'model_table',
-           'removable_blocks', 'block_weight_std', 'prune_layers', 'prune_channels', 'run_model', 'validate',
-           'pareto_front', 'collect_runs', 'plot_pareto']
+__all__ = ['MACS_REFERENCE', 'F1_REFERENCE', 'lightweight_score', 'measure_latency', 'measure_onnx_latency', 'model_cost',
+           'model_table', 'removable_blocks', 'block_weight_std', 'prune_layers', 'prune_channels', 'run_model',
+           'validate', 'pareto_front', 'collect_runs', 'plot_pareto']
 
 # %% ../nbs/06a_lightweight.ipynb #43953ab6
 MACS_REFERENCE = 13_878_369  # the competition's MACs normaliser
@@ -45,13 +45,35 @@ def measure_latency(model: nn.Module, img_size, batch_size: int = 1, repeats: in
     return 1000 * statistics.median(times)
 
 
+def measure_onnx_latency(model: nn.Module, img_size, batch_size: int = 1, repeats: int = 20, warmup: int = 3) -> float:
+    "Median milliseconds of one forward pass of `model` exported to ONNX, in onnxruntime on the CPU (torch's threads)."
+    import io
+    import onnxruntime as ort
+
+    x = torch.randn(batch_size, 3, *parse_size(img_size))
+    buffer = io.BytesIO()
+    torch.onnx.export(copy.deepcopy(model).eval(), (x,), buffer, input_names=["x"], opset_version=18, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    feed, times = {"x": x.numpy()}, []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
 def model_cost(model: nn.Module, img_size, latency: bool = True, repeats: int = 20) -> dict:
-    "MACs and params (ptflops, activations ignored) and, if asked, the median CPU latency of `model` at `img_size`."
+    """MACs and params (ptflops, activations ignored) and, if asked, the median CPU latency of `model` at `img_size` in
+    PyTorch and in onnxruntime."""
     size = parse_size(img_size)
     macs, params = count_macs(model, size)
     out = dict(img_size=f"{size[0]}x{size[1]}", macs=macs, params=params)
     if latency:
         out["latency_ms"] = round(measure_latency(model, size, repeats=repeats), 2)
+        out["onnx_latency_ms"] = round(measure_onnx_latency(model, size, repeats=repeats), 2)
     return out
 
 

@@ -14,9 +14,9 @@ from .weights import check_weights
 
 # %% auto #0
 __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'CROP_ASPECTS', 'AUGMENT_NAMES',
-           'FACE_DETECTOR_NAMES', 'SPLITS', 'ENSEMBLE_METHODS', 'POOLINGS', 'PRESETS', 'to_bool', 'parse_size',
-           'parse_loss', 'parse_kv', 'Params', 'TrainParams', 'make_params', 'AnalysisParams', 'EnsembleParams',
-           'add_arguments', 'Recipe', 'recipe']
+           'FACE_DETECTOR_NAMES', 'SPLITS', 'ENSEMBLE_METHODS', 'POOLINGS', 'RECORDED', 'PRESETS', 'to_bool',
+           'parse_size', 'parse_loss', 'parse_kv', 'Params', 'TrainParams', 'make_params', 'AnalysisParams',
+           'EnsembleParams', 'add_arguments', 'read_config', 'apply_config', 'Recipe', 'recipe']
 
 # %% ../nbs/01d_params.ipynb #8edb47106e1a46a883d545849b8ab81b
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
@@ -26,7 +26,7 @@ SAMPLERS = ("none", "weighted")
 CLASS_WEIGHTS = ("none", "balanced")
 CROPS = ("none", "face")
 CROP_ASPECTS = ("model", "square")
-AUGMENT_NAMES = ("none", "light", "base", "strong")
+AUGMENT_NAMES = ("none", "light", "base", "strong", "randaugment", "autoaugment")
 FACE_DETECTOR_NAMES = ("mtcnn",)
 SPLITS = ("person", "image")
 ENSEMBLE_METHODS = ("soft", "hard", "weighted")
@@ -170,8 +170,10 @@ class TrainParams(Params):
     scheduler: str = "cosine"  # none | step | cosine | cyclic | plateau | onecycle
     warmup_epochs: int = 0
     epochs: int = 10
+    patience: int = 0  # early stopping: stop after this many epochs without a better validation macro F1 (0: off)
     batch_size: int = 64  # per process
     grad_accum: int = 1
+    clip_grad: float = 0.0  # clip the gradients' global norm to this before each update (0: off)
     mixup: float = 0.0  # probability of MixUp per batch
     cutmix: float = 0.0  # probability of CutMix per batch
     strip_cutmix: float = 0.0  # probability of vertical-strip CutMix (lambda in [0.46, 0.54])
@@ -181,7 +183,7 @@ class TrainParams(Params):
     ema_decay: float = 0.998
     age_threshold_train: int = 60  # "old" for training labels (e.g. 58); scoring always uses 60
     drop_boundary_ages: str = ""  # ages left out of training, e.g. "27-29,57-59"
-    augment: str = "base"  # none | light | base | strong
+    augment: str = "base"  # none | light | base | strong | randaugment | autoaugment (timm's, after a flip)
     crop: str = "none"  # none | face (cached face boxes: identical crops for train, val and eval images)
     face_detector: str = "mtcnn"  # detector for face crops (see nbs/02b_preprocessing.ipynb)
     face_boxes: str = ""  # face box CSV (default: beside the data, or under cache_dir when the data is read-only)
@@ -247,12 +249,16 @@ def _check_values(p: TrainParams):
         ("max_images", "0 = all"),
         ("save_last_k", "0 = none"),
         ("warmup_epochs", "0 = none"),
+        ("patience", "0 = no early stopping"),
+        ("clip_grad", "0 = no clipping"),
     ):
         if getattr(p, name) < 0:
             raise ValueError(f"{name}={getattr(p, name)} must be >= 0 ({what})")
     for name in ("mixup", "cutmix", "strip_cutmix"):
         if not 0 <= getattr(p, name) <= 1:
             raise ValueError(f"{name}={getattr(p, name)} is a probability, 0..1")
+    if p.patience and p.fold == -1:
+        raise ValueError(f"patience={p.patience} needs validation images; fold=-1 has none (set patience=0)")
     if p.mixup + p.cutmix > 1:
         raise ValueError(f"mixup + cutmix = {p.mixup + p.cutmix} must be <= 1")
     if not 30 < p.age_threshold_train <= 120:
@@ -411,6 +417,61 @@ def add_arguments(parser, cls, skip=()) -> None:
         default = getattr(defaults, f.name)
         text = f"{docs[f.name]['anno']}, default {default!r}" + (f": {doc}" if doc else "")
         parser.add_argument(f"--{f.name}", default=None, metavar="VALUE", help=text.replace("%", "%%"))
+
+# %% ../nbs/01d_params.ipynb #da22b1a5
+RECORDED = dict(params="a run's params.json", recipe="a pipeline's summary.json")  # config sections the package writes
+
+
+def read_config(path) -> tuple[dict, str]:
+    "(values, what the file is) of a YAML or JSON config file, or of a `params.json` / `summary.json` a run wrote."
+    import json, yaml
+
+    f = resolve_path(path)
+    if not f.is_file():
+        raise FileNotFoundError(f"config file {f} does not exist; give a YAML or JSON file")
+    kind = "YAML" if f.suffix.lower() in (".yaml", ".yml") else "JSON"
+    try:
+        data = yaml.safe_load(f.read_text()) if kind == "YAML" else json.loads(f.read_text())
+    except Exception as e:
+        raise ValueError(f"config file {f} is not valid {kind} ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {f} must map option names to values; it holds a {type(data).__name__}")
+    for section, what in RECORDED.items():
+        if isinstance(data.get(section), dict):
+            return dict(data[section]), what
+    return data, kind
+
+
+def apply_config(parser, argv=None, renames: dict | None = None) -> None:
+    """With `--config FILE` in `argv`, the file's values become the defaults of `parser`'s options (`renames`: recorded
+    names to option names, e.g. data_dir -> data). Errors end the command through `parser.error`, naming the key."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    given = pre.parse_known_args(argv)[0].config
+    if not given:
+        return
+    try:
+        values, what = read_config(given)
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+    options = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    defaults, unknown = {}, []
+    for key, value in values.items():
+        dest = (renames or {}).get(key, key).replace("-", "_")
+        if dest not in options:
+            unknown.append(key)
+            continue
+        if isinstance(options[dest], argparse._AppendAction):  # KEY=VALUE options: a mapping or a list
+            value = [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else list(value)
+        defaults[dest] = value
+        options[dest].required = False
+    if unknown and what in ("YAML", "JSON"):
+        parser.error(f"config file {given}: unknown key(s) {unknown}; the options are {sorted(options)}")
+    if unknown:
+        print(f"config file {given} ({what}): skipped {unknown}, which this command does not take")
+    parser.set_defaults(**defaults)
 
 # %% ../nbs/01d_params.ipynb #379cbbc1e968416e875cc15c1202d7eb
 @dataclass

@@ -8,7 +8,7 @@ import os, sys, json, math, time, argparse, hashlib, inspect, functools, context
 from pathlib import Path
 from .core import LayoutError, Problem, in_notebook, project_root, resolve_path, atomic_path, validate_layout
 from .core import LOCK_FILE, Stopped, remove_locked_folder, stop_on_signals
-from .params import PRESETS, recipe, parse_kv
+from .params import PRESETS, apply_config, recipe, parse_kv
 from .kernels import ipc_kernel_manager
 from .runs import PSEUDO_FILES, PipelineRun, Run
 
@@ -593,6 +593,9 @@ def write_summary(run: Path, seconds: float | None = None, recipe: dict | None =
 def main(argv=None):
     "Run the whole pipeline from the command line."
     ap = argparse.ArgumentParser(prog="python -m mask_pstage.pipeline", description=main.__doc__)
+    ap.add_argument(
+        "--config", help="a YAML or JSON file of these options, or a pipeline's summary.json (options here override it)"
+    )
     ap.add_argument("--data", required=True, help="dataset in the competition layout")
     ap.add_argument("--run", required=True, help="run folder, e.g. outputs/exp1")
     ap.add_argument("--folds", type=int, default=None, help="person-level folds (default: the preset's, else 5)")
@@ -630,6 +633,7 @@ def main(argv=None):
         default=0.0,
         help="a second round with the eval images the first round is this sure of (every attribute) as training data",
     )
+    apply_config(ap, argv, renames=dict(data_dir="data"))  # a summary.json records the data folder as data_dir
     a = ap.parse_args(argv)
     try:
         run_pipeline(

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02b_preprocessing.ipynb #9b97a606
 from __future__ import annotations
-import os, json, math, hashlib, stat, threading, time
+import os, json, math, hashlib, random, stat, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
@@ -34,8 +34,8 @@ from .params import AUGMENT_NAMES, CROP_ASPECTS, FACE_DETECTOR_NAMES, parse_size
 __all__ = ['FACE_DETECTORS', 'DEFAULT_FACE_BOX', 'FACE_COLUMNS', 'BOX_COLUMNS', 'CACHE_VERSION', 'AUGMENT_PRESETS',
            'create_face_detector', 'detect_image', 'face_boxes_path', 'dataset_images', 'fallback_box', 'finish_boxes',
            'face_boxes', 'detection_rates', 'crop_boxes', 'crop_aspect_ratio', 'cache_key', 'load_image', 'build_cache',
-           'plot_crops', 'run_preprocess', 'mean_crop_aspect', 'aspect_size', 'build_augment', 'CachedImages',
-           'collate_uint8', 'FoldData', 'face_crops', 'prepare_data', 'faces_main']
+           'plot_crops', 'run_preprocess', 'mean_crop_aspect', 'aspect_size', 'TimmAugment', 'build_augment',
+           'CachedImages', 'collate_uint8', 'FoldData', 'face_crops', 'prepare_data', 'faces_main']
 
 # %% ../nbs/02b_preprocessing.ipynb #14c415eb
 def _mtcnn(min_face_size: int = 24, thresholds=(0.5, 0.6, 0.6)):
@@ -439,6 +439,29 @@ def _base():
     ]
 
 
+class TimmAugment(A.ImageOnlyTransform):
+    """timm's RandAugment or AutoAugment (`config` as timm spells it, e.g. 'rand-m9-mstd0.5-inc1', 'original') on a
+    uint8 HWC image. timm draws from Python's and NumPy's global generators: they are seeded from this transform's own
+    (seeded) generator for each image and restored after, so a seeded pipeline repeats itself and nothing else moves."""
+
+    def __init__(self, config: str, p: float = 1.0):
+        super().__init__(p=p)
+        from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
+
+        make = rand_augment_transform if config.startswith("rand") else auto_augment_transform
+        self.config, self.op = config, make(config, dict(translate_const=20, img_mean=(124, 116, 104)))
+
+    def apply(self, img, **params):
+        seed, py_state, np_state = self.py_random.getrandbits(32), random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            return np.asarray(self.op(Image.fromarray(img)))
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 AUGMENT_PRESETS = {
     "none": lambda: [],
     "light": lambda: [A.HorizontalFlip(p=0.5)],
@@ -455,12 +478,14 @@ AUGMENT_PRESETS = {
             )
         ]
     ),
+    "randaugment": lambda: [A.HorizontalFlip(p=0.5), TimmAugment("rand-m9-mstd0.5-inc1")],  # timm's ImageNet default
+    "autoaugment": lambda: [A.HorizontalFlip(p=0.5), TimmAugment("original")],
 }
 assert tuple(AUGMENT_PRESETS) == AUGMENT_NAMES  # the names the parameters accept (params)
 
 
 def build_augment(name: str, seed: int | None = None) -> A.Compose:
-    "The albumentations pipeline of preset `name` (none | light | base | strong) for uint8 HWC images."
+    "The albumentations pipeline of preset `name` (see `AUGMENT_PRESETS`) for uint8 HWC images."
     if name not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augment preset {name!r}; choose one of {list(AUGMENT_PRESETS)}")
     return A.Compose(AUGMENT_PRESETS[name](), seed=seed)

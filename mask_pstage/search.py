@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from .core import atomic_path, in_notebook, resolve_path, save_figure, write_csv
 from .training import make_params, train
-from .params import parse_kv, recipe
+from .params import apply_config, parse_kv, recipe
 
 # %% auto #0
 __all__ = ['SPACES', 'PRUNERS', 'OBJECTIVES', 'load_space', 'suggest', 'base_trial', 'check_space', 'study_storage',
@@ -372,6 +372,7 @@ def save_study_plots(study, out) -> dict:
 def main(argv=None):
     "Start or join an Optuna study of training parameters (one fold per trial)."
     ap = argparse.ArgumentParser(prog="mask-pstage-search", description=main.__doc__)
+    ap.add_argument("--config", help="a YAML or JSON file of these options (options given here override it)")
     ap.add_argument("--data", required=True, help="dataset in the competition layout (or class folders)")
     ap.add_argument("--run", required=True, help="run folder of the study: trials/, study.journal, trials.csv, plots")
     ap.add_argument("--trials", type=int, default=20, help="trials the study should hold in all (all workers together)")
@@ -393,6 +394,7 @@ def main(argv=None):
     ap.add_argument(
         "--timeout", type=float, default=0, help="stop starting trials after this many seconds (0: no limit)"
     )
+    apply_config(ap, argv)
     a = ap.parse_args(argv)
     try:
         base = recipe(a.preset, parse_kv(a.train)).train

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import timm
 from .core import Stopped, atomic_path, in_notebook, in_test, progress_bar, remove_partial, resolve_path
 from .core import load_stored_array, remove_locked_folder, reserve_space, stop_on_signals
-from .params import TrainParams, add_arguments, make_params, parse_loss, _split_runs
+from .params import TrainParams, add_arguments, apply_config, make_params, parse_loss, _split_runs
 from .preprocess import FoldData, build_augment, CachedImages, collate_uint8, prepare_data
 from .models import make_model, input_norm, count_macs, predict, to_input, age_targets, freeze_groups
 from .models import frozen_blocks, trunk_modules, forward_rest, frozen_input, scale_classifier
@@ -27,7 +27,7 @@ __all__ = ['LOSSES', 'RESUME_MAY_CHANGE', 'LENGTH_SCHEDULERS', 'ce_loss', 'label
            'symmetric_ce_loss', 'kd_loss', 'build_loss', 'seed_epoch', 'EpochSampler', 'strip_cutmix', 'Mixing',
            'teacher_probabilities', 'Distillation', 'distillation', 'AgeLoss', 'age_loss', 'build_optimizer',
            'build_scheduler', 'setup_device', 'Fit', 'frozen_features', 'setup', 'train_one_epoch', 'evaluate',
-           'end_epoch', 'finish', 'train', 'plot_history', 'main']
+           'end_epoch', 'log_hparams', 'finish', 'train', 'plot_history', 'main']
 
 # %% ../nbs/03a_training.ipynb #0b4d86a6
 def _probs_target(t, n: int):
@@ -714,7 +714,10 @@ def train_one_epoch(f: Fit, epoch: int) -> dict:
 
 
 def _update(f: Fit):
-    "One optimizer update: (scaled) step, per-update scheduler step, EMA."
+    "One optimizer update: gradient clipping, (scaled) step, per-update scheduler step, EMA."
+    if f.p.clip_grad > 0:
+        f.scaler.unscale_(f.opt)  # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(f.model.parameters(), f.p.clip_grad)
     f.scaler.step(f.opt)
     f.scaler.update()
     f.opt.zero_grad(set_to_none=True)
@@ -799,11 +802,18 @@ def end_epoch(f: Fit, epoch: int, row: dict):
     _barrier(f.world)
 
 # %% ../nbs/03a_training.ipynb #46dff613
+def log_hparams(writer, p: TrainParams, metrics: dict):
+    "The run's parameters and final numbers for TensorBoard's HPARAMS tab (runs side by side, sortable)."
+    hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in asdict(p).items()}
+    names = ("macro_f1", "accuracy", "f1_mask", "f1_gender", "f1_age", "best_epoch")
+    final = {f"final/{k}": float(metrics[k]) for k in names if metrics.get(k) is not None}
+    writer.add_hparams(hparams, final, run_name=".")  # into the run's own events folder
+
+
 def finish(f: Fit) -> dict:
-    "Predictions of the best checkpoint and metrics.json (rank 0); returns the metrics."
+    "Predictions of the best checkpoint, TensorBoard hparams and metrics.json (rank 0); returns the metrics."
     if not f.main:
         return {}
-    f.writer.close()
     p, d, run = f.p, f.data, f.run
     best = run.model("best").to(f.device)
     if p.channels_last:
@@ -859,6 +869,8 @@ def finish(f: Fit) -> dict:
     if f.stopped_after:
         metrics["stopped_after_epochs"] = f.stopped_after
     metrics["wall_seconds"] = round(time.time() - f.t_start, 1)
+    log_hparams(f.writer, p, metrics)
+    f.writer.close()
     run.write_metrics(metrics)
     return metrics
 
@@ -871,6 +883,22 @@ def _stopped_message(signal_name: str, run: Run, done: int | None, epochs: int) 
         f"training stopped by {signal_name}; {run.path / 'last.pt'} holds {done} epochs: run the same command with "
         f"resume=True (--resume true) to continue"
     )
+
+
+def _out_of_patience(f: Fit, epoch: int) -> bool:
+    "Early stopping before `epoch`: `patience` epochs since the best validation macro F1 (rank 0 decides for all)."
+    p = f.p
+    if not p.patience or not f.has_val or epoch == 0:
+        return False
+    stop = torch.tensor([float(f.main and (epoch - 1) - f.best_epoch >= p.patience)])
+    if f.world > 1:
+        stop = stop.to(f.device if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.broadcast(stop, 0)
+    if stop.item() and f.main:
+        print(
+            f"early stopping: validation macro F1 has not improved for {p.patience} epoch(s) since epoch {f.best_epoch}"
+        )
+    return bool(stop.item())
 
 
 def train(params=None, on_epoch=None, **overrides) -> dict:
@@ -889,6 +917,9 @@ def train(params=None, on_epoch=None, **overrides) -> dict:
                 f = setup(p, device, rank, world)
                 done = f.start_epoch
                 for epoch in range(f.start_epoch, p.epochs):
+                    if _out_of_patience(f, epoch):  # checked before the epoch: a resumed run stops where it stopped
+                        f.stopped_after = epoch
+                        break
                     row = train_one_epoch(f, epoch)
                     row.update(evaluate(f, row))
                     end_epoch(f, epoch, row)
@@ -934,8 +965,10 @@ def plot_history(history: pd.DataFrame):
 def main(argv=None):
     "Train one fold from the command line (also under torchrun)."
     ap = argparse.ArgumentParser(prog="python -m mask_pstage.training", description=main.__doc__)
+    ap.add_argument("--config", help="a YAML or JSON file of parameters, or a run's params.json (options override it)")
     add_arguments(ap, TrainParams)
-    args = {k: v for k, v in vars(ap.parse_args(argv)).items() if v is not None}
+    apply_config(ap, argv, renames=TrainParams.RENAMED)  # old params.json files use old names
+    args = {k: v for k, v in vars(ap.parse_args(argv)).items() if v is not None and k != "config"}
     try:
         metrics = train(**args)
     except Stopped as e:
