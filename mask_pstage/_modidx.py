@@ -18,6 +18,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'mask_pstage.analysis.gradcam_examples': ( 'analysis.html#gradcam_examples',
                                                                                  'mask_pstage/analysis.py'),
                                       'mask_pstage.analysis.gradcam_gallery': ('analysis.html#gradcam_gallery', 'mask_pstage/analysis.py'),
+                                      'mask_pstage.analysis.image_grid': ('analysis.html#image_grid', 'mask_pstage/analysis.py'),
                                       'mask_pstage.analysis.load_oof': ('analysis.html#load_oof', 'mask_pstage/analysis.py'),
                                       'mask_pstage.analysis.noise_detection': ('analysis.html#noise_detection', 'mask_pstage/analysis.py'),
                                       'mask_pstage.analysis.noise_suspects': ('analysis.html#noise_suspects', 'mask_pstage/analysis.py'),

@@ -33,7 +33,7 @@ from .runs import ANALYSIS_SUMMARY, Run, find_runs
 
 # %% auto #0
 __all__ = ['NOISE_FIELDS', 'load_oof', 'fold_table', 'validated_share', 'covers_all_persons', 'confusion_plots',
-           'per_class_table', 'age_error_table', 'confident_mistakes', 'gallery', 'feature_layer',
+           'per_class_table', 'age_error_table', 'confident_mistakes', 'image_grid', 'gallery', 'feature_layer',
            'class_activation_maps', 'gradcam_examples', 'gradcam_gallery', 'noise_suspects', 'noise_detection',
            'split_comparison', 'run_analysis']
 
@@ -138,14 +138,20 @@ def confident_mistakes(oof: pd.DataFrame, k: int = 18) -> pd.DataFrame:
     return wrong.sort_values("confidence", ascending=False).head(k)
 
 
-def gallery(rows: pd.DataFrame, cols: int = 6, thumb=(96, 128)):
-    "Images of `rows` with true and predicted classes."
-    n = max(len(rows), 1)
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2.1 * cols, 3.1 * -(-n // cols)), squeeze=False)
-    names = class_names()
+def image_grid(n: int, cols: int = 6):
+    "A figure of at least one row of `cols` empty panels, enough for `n` images, and its axes in reading order."
+    n_rows = -(-max(n, 1) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(2.1 * cols, 3.1 * n_rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, r in zip(axes.flat, rows.itertuples()):
+    return fig, axes.flat
+
+
+def gallery(rows: pd.DataFrame, cols: int = 6, thumb=(96, 128)):
+    "Images of `rows` with true and predicted classes."
+    fig, axes = image_grid(len(rows), cols)
+    names = class_names()
+    for ax, r in zip(axes, rows.itertuples()):
         ax.imshow(open_rgb(r.path).resize(thumb))
         ax.set_title(
             f"{r.person_id} {r.stem}\ntrue {names[r.label]}\npred {names[r.pred]} ({r.confidence:.2f})", fontsize=6.5
@@ -203,12 +209,9 @@ def gradcam_examples(runs: list[Run], oof: pd.DataFrame, k_wrong: int = 6, k_rig
 
 def gradcam_gallery(rows: pd.DataFrame, crops: np.ndarray, maps: np.ndarray, cols: int = 6):
     "Each face crop with its Grad-CAM map over it, why it was chosen, true and predicted classes."
-    n = max(len(rows), 1)
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2.1 * cols, 3.1 * -(-n // cols)), squeeze=False)
+    fig, axes = image_grid(len(rows), cols)
     names = class_names()
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, r, crop, m in zip(axes.flat, rows.itertuples(), crops, maps):
+    for ax, r, crop, m in zip(axes, rows.itertuples(), crops, maps):
         ax.imshow(crop)
         ax.imshow(m, cmap="jet", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(f"{r.why}\ntrue {names[r.label]}\npred {names[r.pred]} ({r.confidence:.2f})", fontsize=6.5)
