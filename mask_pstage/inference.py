@@ -20,7 +20,8 @@ from .models import input_norm, predict
 from .ensemble import combine
 from .params import POOLINGS, to_bool
 from .persons import group_persons, pool_person_probs
-from .preprocess import crop_aspect_ratio, crop_boxes, create_face_detector, detect_image, load_image
+from .preprocess import BOX_COLUMNS, crop_aspect_ratio, crop_boxes, create_face_detector, detect_image
+from .preprocess import finish_boxes, load_image
 
 # %% auto #0
 __all__ = ['PREDICT_EXTS', 'image_files', 'load_source', 'face_crops', 'prediction_table', 'predict_images',
@@ -82,35 +83,37 @@ def face_crops(files, run: Run, detections: dict | None = None, progress: bool =
     unreadable files {path: why}). `detections` {path: detection} is reused and filled across runs."""
     p, crop = run.params, run.info.get("crop") or dict(name="none")
     detections = {} if detections is None else detections
-    detect = None
-    images, sources, bad = [], [], {}
-    for f in progress_bar(files, desc="face crops", unit="image") if progress else files:
-        try:
-            box = None
-            if p.crop == "face":
-                if f not in detections:
+    bad, box_of, source_of = {}, {}, {}
+    if p.crop == "face":
+        detect = None
+        for f in progress_bar(files, desc="face detection", unit="image") if progress else files:
+            if f not in detections:
+                try:
                     detect = detect or create_face_detector(p.face_detector)
                     detections[f] = detect_image(f, detect)
-                d = detections[f]
-                found = not np.isnan([d["face_x0"], d["face_y0"], d["face_x1"], d["face_y1"]]).any()
-                size = np.array([d["width"], d["height"]] * 2, float)
-                face = (
-                    [d["face_x0"], d["face_y0"], d["face_x1"], d["face_y1"]] if found else size * crop["fallback_box"]
-                )
-                box = crop_boxes(
-                    np.round(np.asarray(face, float), 1)[None],
-                    np.array([d["width"]]),
-                    np.array([d["height"]]),
-                    p.crop_margin,
-                    crop_aspect_ratio(p.crop_aspect, p.img_size),
-                )[0]
-                sources.append("detected" if found else "fallback")
-            else:
-                sources.append("none")
-            images.append(load_image(f, p.img_size, box))
+                except OSError as e:
+                    bad[f] = str(e)
+        found = [f for f in files if f in detections]
+        if found:  # the run's own crop policy, its own fallback box where no face is found
+            boxes = finish_boxes(pd.DataFrame([detections[f] for f in found]), fallback=crop["fallback_box"])
+            aspect = crop_aspect_ratio(p.crop_aspect, p.img_size)
+            pixels = crop_boxes(
+                boxes[BOX_COLUMNS].to_numpy(float),
+                boxes.width.to_numpy(),
+                boxes.height.to_numpy(),
+                p.crop_margin,
+                aspect,
+            )
+            box_of, source_of = dict(zip(found, pixels)), dict(zip(found, boxes.source))
+    images, sources = [], []
+    for f in files:
+        if f in bad:
+            continue
+        try:
+            images.append(load_image(f, p.img_size, box_of.get(f)))
+            sources.append(source_of.get(f, "none"))
         except OSError as e:
             bad[f] = str(e)
-            del sources[len(images) :]
     h, w = p.img_size
     return (np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)), sources, bad
 

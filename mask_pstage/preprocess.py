@@ -142,11 +142,11 @@ def fallback_box(boxes: pd.DataFrame, min_detections: int = 20) -> tuple[tuple, 
     return tuple(float(v) for v in np.median(rel, axis=0).round(4)), f"median of {len(found)} detected faces"
 
 
-def finish_boxes(boxes: pd.DataFrame, min_detections: int = 20) -> pd.DataFrame:
+def finish_boxes(boxes: pd.DataFrame, min_detections: int = 20, fallback=None) -> pd.DataFrame:
     """Add the box each image is cropped from (`x0..y1`, pixels) and its `source`: detected, or fallback (see
-    `fallback_box`)."""
+    `fallback_box`; `fallback`, a relative box, replaces it: a run's own, for images outside its folder)."""
     boxes = boxes.copy()
-    rel, how = fallback_box(boxes, min_detections)
+    rel, how = (tuple(fallback), "given") if fallback is not None else fallback_box(boxes, min_detections)
     found = boxes[FACE_COLUMNS].notna().all(axis=1).to_numpy()
     size = np.tile(boxes[["width", "height"]].to_numpy(float), 2)
     boxes[BOX_COLUMNS] = np.where(found[:, None], boxes[FACE_COLUMNS].to_numpy(float), size * np.asarray(rel)).round(1)
