@@ -63,11 +63,10 @@ def ensemble_main(argv=None):
     ap = argparse.ArgumentParser(prog="mask-pstage ensemble", description=ensemble_main.__doc__)
     add_arguments(ap, EnsembleParams)
     given = {k: v for k, v in vars(ap.parse_args(argv)).items() if v is not None}
-    try:
-        p = EnsembleParams.from_dict(given).check()
-        from mask_pstage.ensemble import run_ensemble
+    from mask_pstage.ensemble import run_ensemble
 
-        report = run_ensemble(**p.to_dict())
+    try:
+        report = run_ensemble(**given)  # types and checks the values itself (EnsembleParams), naming a bad one
     except (OSError, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(report, indent=1, default=str))
