@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -98,10 +99,25 @@ def eda_main(argv=None):
 
 
 def lab_main(argv=None) -> int:
-    "JupyterLab on the project's notebooks; arguments go to jupyter lab."
+    """JupyterLab on the project's notebooks (`nbs/` of the clone you are in or the package was installed from);
+    with an installed package outside a clone, on its job notebooks copied into ./notebooks (copies there are kept).
+    Arguments go to jupyter lab."""
+    import shutil
+    from pathlib import Path
+    from mask_pstage.pipeline import NBS
+
     nbs = project_root() / "nbs"
     if not nbs.is_dir():
-        sys.exit(f"error: no nbs/ folder at {nbs.parent}; run it inside the project (a clone of the repository)")
+        nbs = NBS
+    if nbs.name != "nbs":  # the package's own copies: never edited in place
+        nbs = Path.cwd() / "notebooks"
+        nbs.mkdir(exist_ok=True)
+        for f in sorted(NBS.glob("*.ipynb")):
+            if not (nbs / f.name).exists():
+                shutil.copy2(f, nbs / f.name)
+        print(f"the job notebooks are in {nbs}")
+    if importlib.util.find_spec("jupyterlab") is None:
+        sys.exit("error: JupyterLab is not installed here: pip install 'mask_pstage[lab]' (or jupyterlab)")
     return subprocess.call([sys.executable, "-m", "jupyterlab", "--notebook-dir", str(nbs), *(argv or [])])
 
 # %% ../nbs/11a_cli.ipynb #be20dc25

@@ -12,7 +12,22 @@ from .params import PRESETS, apply_config, recipe, parse_kv
 from .kernels import ipc_kernel_manager
 from .runs import PSEUDO_FILES, PipelineRun, Run
 
-NBS = project_root(Path(__file__).parent if "__file__" in globals() else None) / "nbs"
+
+def job_notebooks() -> Path:
+    """The folder of job notebooks the steps run: the `nbs/` of the project this package is loaded from (a clone, an
+    editable install), else the copies installed with the package (`mask_pstage/notebooks`, from the wheel)."""
+    here = Path(__file__).parent if "__file__" in globals() else Path.cwd()
+    nbs = project_root(here) / "nbs"
+    return nbs if nbs.is_dir() else here / "notebooks"
+
+
+NBS = job_notebooks()
+
+
+def _step_cwd() -> Path:
+    """Where a step runs: a clone's root (the job notebooks' relative defaults, such as `outputs/cache`, mean the same
+    as in JupyterLab), else (an installed package) the folder the command was started in."""
+    return NBS.parent if NBS.name == "nbs" else Path.cwd()
 
 
 class PipelineError(RuntimeError):
@@ -36,7 +51,7 @@ def _execute_here(notebook: Path, out_nb: Path, params: dict, name: str):
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     shell = CaptureShell(notebook)
     try:
-        with working_directory(NBS.parent):
+        with working_directory(_step_cwd()):
             code = "\n".join(f"{k} = {v!r}" for k, v in params.items())
             shell.run_all(nb, exc_stop=True, inject_code=code, inject_idx=at + 1)
     except Exception as e:
@@ -65,7 +80,7 @@ def _papermill(notebook: Path, out_nb: Path, params: dict):
                 str(notebook),
                 str(out_nb),
                 parameters=params,
-                cwd=str(NBS.parent),
+                cwd=str(_step_cwd()),
                 progress_bar=False,
                 kernel_manager_class=Manager,
             )
@@ -126,8 +141,8 @@ def run_step(
     return out_nb
 
 # %% auto #0
-__all__ = ['NBS', 'PipelineError', 'run_step', 'run_pipeline', 'check_pretrained', 'check_data', 'selected_epochs',
-           'make_pseudo_labels', 'pipeline_summary', 'summary_markdown', 'write_summary', 'main']
+__all__ = ['NBS', 'job_notebooks', 'PipelineError', 'run_step', 'run_pipeline', 'check_pretrained', 'check_data',
+           'selected_epochs', 'make_pseudo_labels', 'pipeline_summary', 'summary_markdown', 'write_summary', 'main']
 
 # %% ../nbs/07_pipeline.ipynb #34fcb6dc
 def _one_writer(fn):

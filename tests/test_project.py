@@ -244,18 +244,3 @@ def test_preprocess_job_notebook_writes_the_box_file_of_a_fresh_dataset(tmp_path
     assert (
         "detecting faces in 49 images" in executed and "face detection: 100%" in executed
     )  # the log and the progress lines
-
-
-@pytest.mark.slow  # second test tier (make test-slow): a papermill kernel
-def test_mask_pstage_command_runs_the_eda_step_and_names_bad_input(tmp_path):
-    "`mask-pstage eda` (the console script) runs the EDA notebook as the pipeline's step does, then reuses it."
-    from mask_pstage.synth import generate
-
-    data = generate(tmp_path / "data", persons=12, eval_persons=2, seed=1, workers=1, progress=False)
-    first = run(BIN / "mask-pstage", "eda", "--data", data, "--run", tmp_path / "eda")
-    assert first.returncode == 0, first.stderr
-    assert (tmp_path / "eda" / "01_eda.ipynb").exists() and (tmp_path / "eda" / "eda" / "summary.json").exists()
-    again = run(BIN / "mask-pstage", "eda", "--data", data, "--run", tmp_path / "eda")
-    assert again.returncode == 0 and "finished before, reused" in again.stdout, again.stdout
-    bad = run(BIN / "mask-pstage", "eda", "--data", tmp_path / "nowhere", "--run", tmp_path / "eda2")
-    assert bad.returncode == 1 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr, bad.stderr
