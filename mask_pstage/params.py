@@ -14,8 +14,8 @@ from .weights import check_weights
 
 # %% auto #0
 __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'CROP_ASPECTS', 'AUGMENT_NAMES',
-           'FACE_DETECTOR_NAMES', 'SPLITS', 'ENSEMBLE_METHODS', 'POOLINGS', 'RECORDED', 'PRESETS', 'to_bool',
-           'parse_size', 'parse_loss', 'parse_kv', 'Params', 'TrainParams', 'make_params', 'AnalysisParams',
+           'FACE_DETECTOR_NAMES', 'SPLITS', 'TRACKERS', 'ENSEMBLE_METHODS', 'POOLINGS', 'RECORDED', 'PRESETS',
+           'to_bool', 'parse_size', 'parse_loss', 'parse_kv', 'Params', 'TrainParams', 'make_params', 'AnalysisParams',
            'EnsembleParams', 'add_arguments', 'read_config', 'apply_config', 'Recipe', 'recipe']
 
 # %% ../nbs/01d_params.ipynb #8edb47106e1a46a883d545849b8ab81b
@@ -29,6 +29,7 @@ CROP_ASPECTS = ("model", "square")
 AUGMENT_NAMES = ("none", "light", "base", "strong", "randaugment", "autoaugment")
 FACE_DETECTOR_NAMES = ("mtcnn",)
 SPLITS = ("person", "image")
+TRACKERS = ("", "mlflow")  # "" = TensorBoard only (always written)
 ENSEMBLE_METHODS = ("soft", "hard", "weighted")
 POOLINGS = ("joint-log", "joint-mean", "sep-log", "sep-mean")
 
@@ -206,6 +207,9 @@ class TrainParams(Params):
     age_sigma: float = 3.0  # head=age: width in years of the Gaussian around the true age (the age target)
     age_loss_weight: float = 1.0  # head=age: weight of the exact-age loss beside the 18-class loss
     age_cut_old: int = 60  # head=age: "old" band = P(age >= this), a decision rule (labels unchanged)
+    tracking: str = ""  # experiment tracking beside TensorBoard: empty (none) or mlflow (see nbs/03b_tracking.ipynb)
+    tracking_uri: str = ""  # MLflow store: empty for outputs/mlflow (SQLite), another folder, or a tracking server URI
+    experiment: str = "mask_pstage"  # MLflow experiment name
 
     SAVED_DEFAULTS = dict(fold_seed="seed")  # runs saved before fold_seed existed split their folds with seed
 
@@ -234,6 +238,7 @@ def _check_values(p: TrainParams):
         ("face_detector", FACE_DETECTOR_NAMES),
         ("crop_aspect", CROP_ASPECTS),
         ("split", SPLITS),
+        ("tracking", TRACKERS),
     ):
         _choice(name, getattr(p, name), choices)
     if not -1 <= p.fold < p.n_folds:
@@ -337,6 +342,10 @@ def _check_environment(p: TrainParams):
         if not resolve_path(run).is_dir():
             raise ValueError(f"teacher run folder {run} (in teacher_runs) does not exist")
     task_for(p.data_dir).check(p)  # options the dataset kind does not have
+    if p.tracking:
+        from mask_pstage.tracking import check_tracking  # MLflow present (the tracking module needs this one first)
+
+        check_tracking(p.tracking, p.tracking_uri)
     for name in ("out_dir", "cache_dir"):
         _check_writable(name, getattr(p, name))
 

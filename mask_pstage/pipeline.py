@@ -330,6 +330,11 @@ def run_pipeline(
         image_split=image_split,
     )
     summary = write_summary(run, time.time() - t0, record)
+    if p.tracking:
+        from mask_pstage.tracking import track_pipeline
+
+        store = p.tracking_uri or "outputs/mlflow"
+        log(f"[tracking] MLflow run {track_pipeline(pr, summary, record)} in {p.experiment!r} ({store})")
     log(f"pipeline finished in {time.time() - t0:.0f} s: {pr.summary_md}")
     return summary
 

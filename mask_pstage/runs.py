@@ -14,14 +14,15 @@ from .models import save_checkpoint as write_checkpoint
 from .params import TrainParams
 
 # %% auto #0
-__all__ = ['PARAMS', 'METRICS', 'HISTORY', 'PREDICTIONS', 'BEST', 'LAST', 'EPOCH', 'EVENTS', 'CURVES', 'ENSEMBLE_FILES',
-           'ANALYSIS_SUMMARY', 'PSEUDO_FILES', 'PIPELINE_FOLDERS', 'ENSEMBLE_KEYS', 'SUMMARY_KEYS', 'Run', 'all_runs',
-           'find_runs', 'check_keys', 'PipelineRun']
+__all__ = ['PARAMS', 'METRICS', 'HISTORY', 'PREDICTIONS', 'BEST', 'LAST', 'EPOCH', 'EVENTS', 'CURVES', 'TRACKING',
+           'ENSEMBLE_FILES', 'ANALYSIS_SUMMARY', 'PSEUDO_FILES', 'PIPELINE_FOLDERS', 'ENSEMBLE_KEYS', 'SUMMARY_KEYS',
+           'Run', 'all_runs', 'find_runs', 'check_keys', 'PipelineRun']
 
 # %% ../nbs/02a_runs.ipynb #e67c8cd0
 PARAMS, METRICS, HISTORY = "params.json", "metrics.json", "history.csv"
 PREDICTIONS = dict(oof="oof.csv", test="test.csv", train="train.csv")
 BEST, LAST, EPOCH, EVENTS, CURVES = "best.pt", "last.pt", "epoch{:03d}.pt", "tb", "curves.png"
+TRACKING = "mlflow.json"  # a training or pipeline run's MLflow run (tracking=mlflow), continued on resume
 
 
 def _json(path, obj):
@@ -162,7 +163,7 @@ def curves_path(self: Run) -> Path:
 @patch
 def clear(self: Run):
     "Delete a previous run's files (checkpoints, tables, events), so none mixes with a new run in the same folder."
-    for name in (BEST, LAST, HISTORY, METRICS, PARAMS, CURVES, *PREDICTIONS.values()):
+    for name in (BEST, LAST, HISTORY, METRICS, PARAMS, CURVES, TRACKING, *PREDICTIONS.values()):
         (self.path / name).unlink(missing_ok=True)
     for f in self.epoch_checkpoints():
         f.unlink()

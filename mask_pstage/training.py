@@ -21,6 +21,7 @@ from .models import make_model, input_norm, count_macs, predict, to_input, age_t
 from .models import frozen_blocks, trunk_modules, forward_rest, frozen_input, scale_classifier
 from .weights import resolve_weights
 from .runs import Run
+from .tracking import start_run_tracking
 
 # %% auto #0
 __all__ = ['LOSSES', 'RESUME_MAY_CHANGE', 'LENGTH_SCHEDULERS', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss',
@@ -353,6 +354,7 @@ class Fit:
     scaler: torch.amp.GradScaler
     t_start: float
     writer: object = None
+    tracker: object = None  # tracking=mlflow: the run's MLflow run (mask_pstage.tracking)
     start_epoch: int = 0
     best_f1: float = -1.0
     best_epoch: int = -1
@@ -384,6 +386,9 @@ RESUME_MAY_CHANGE = {
     "predict_eval",
     "save_last_k",
     "predict_train",
+    "tracking",
+    "tracking_uri",
+    "experiment",
 }
 
 # %% ../nbs/03a_training.ipynb #cdf6b210
@@ -554,6 +559,7 @@ def _record_start(f: Fit):
         )
     )
     f.writer = SummaryWriter(str(f.run.events_dir))
+    f.tracker = start_run_tracking(f.run, asdict(p), f.history)
 
 
 LENGTH_SCHEDULERS = ("cosine", "step", "onecycle")  # their learning-rate curve is laid out over `epochs`
@@ -798,6 +804,8 @@ def end_epoch(f: Fit, epoch: int, row: dict):
             if k != "epoch":
                 f.writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("train", "val")) else k, v, epoch)
         f.writer.flush()
+        if f.tracker is not None:
+            f.tracker.epoch(row)
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     _barrier(f.world)
 
@@ -872,6 +880,8 @@ def finish(f: Fit) -> dict:
     log_hparams(f.writer, p, metrics)
     f.writer.close()
     run.write_metrics(metrics)
+    if f.tracker is not None:
+        f.tracker.finish(metrics)
     return metrics
 
 # %% ../nbs/03a_training.ipynb #29d57bd3
@@ -909,7 +919,7 @@ def train(params=None, on_epoch=None, **overrides) -> dict:
     p = make_params(params, **overrides)
     device, rank, world, local_rank, owns_process_group = setup_device(p)
     run = Run(p.out_dir)
-    existed, done = run.path.exists(), None
+    existed, done, f = run.path.exists(), None, None
     try:
         # one writer per run folder (rank 0 writes it); SIGTERM/SIGINT unwind like an error, last.pt stays whole
         with run.lock() if rank == 0 else contextlib.nullcontext(), stop_on_signals():
@@ -929,6 +939,8 @@ def train(params=None, on_epoch=None, **overrides) -> dict:
                         break
                 return finish(f)
             except BaseException as e:
+                if f is not None and f.tracker is not None:
+                    f.tracker.stopped(e)  # KILLED (resumable) or FAILED in MLflow
                 if rank == 0 and not existed and not run.started:
                     remove_locked_folder(run.path)  # nothing to resume: no debris
                 if isinstance(e, Stopped):
