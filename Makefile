@@ -2,8 +2,8 @@
 #   make demo   set up .venv, generate the synthetic competition if missing, run the main job into outputs/demo/
 #   make test   set up .venv and run the test suite's fast tier (make test-slow: the second tier; CI runs both)
 #
-# torch and torchvision are installed as a pinned pair first (pip), the rest with uv (the same versions as pip picks, in
-# seconds instead of minutes; pip if uv fails). Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set
+# torch and torchvision are installed as a pinned pair first, then the rest, both with uv (the same versions as pip
+# picks, in seconds instead of minutes; pip if uv fails). Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set
 # (as on our CI machines), Python would otherwise compile torch again in every process, 15 s each.
 # For a GPU server pick the pair and the wheel index for your CUDA version, e.g.  make demo TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url <your CUDA index>"
 SHELL      := /bin/bash
@@ -29,8 +29,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q $(TORCH_SPEC) 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -m pip install -q uv 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python $(TORCH_SPEC) || $(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e ".[dev]" || $(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -c "import torch, torchvision, timm, mask_pstage; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
 	touch $@

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
+from inprocess import train_here
+
 from mask_pstage.core import lock_holder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +98,7 @@ def test_sigterm_stops_training_resumably(data, tmp_path):
     assert "--resume true" in err and str(out / "last.pt") in err
     done = torch.load(out / "last.pt", weights_only=True)["epoch"]
     assert 1 <= done < 4 and not list(out.glob(".*.tmp")) and not (out / "metrics.json").exists()
-    r = train_cli(*args(data, out, cache, epochs=4, resume="true"))
+    r = train_here(*args(data, out, cache, epochs=4, resume="true"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming {out} at epoch {done}" in r.stdout
     assert pd.read_csv(out / "history.csv").epoch.tolist() == [0, 1, 2, 3]
@@ -106,7 +108,7 @@ def test_sigterm_stops_training_resumably(data, tmp_path):
 def test_damaged_state_is_named_or_rebuilt_never_used(data, tmp_path):
     cache = tmp_path / "cache"
     base = tmp_path / "base"
-    assert train_cli(*args(data, base, cache, epochs=1)).returncode == 0
+    assert train_here(*args(data, base, cache, epochs=1)).returncode == 0
 
     def damaged(name, damage):
         run = tmp_path / name
@@ -116,19 +118,30 @@ def test_damaged_state_is_named_or_rebuilt_never_used(data, tmp_path):
         info["params"]["out_dir"] = str(run)  # the copy is a run of its own
         (run / "params.json").write_text(json.dumps(info))
         damage(run)
-        return train_cli(*args(data, run, cache, epochs=2, resume="true")), run
+        return run
 
-    r, run = damaged("cut_checkpoint", lambda d: (d / "last.pt").write_bytes((d / "last.pt").read_bytes()[:5000]))
-    assert r.returncode == 1 and f"cannot load checkpoint {run / 'last.pt'}" in r.stderr, r.stderr
-    r, run = damaged("garbled_history", lambda d: (d / "history.csv").write_bytes(b"\x00\x17garbage;;\n\xff\xfe\n"))
-    assert r.returncode == 1 and f"error: {run / 'history.csv'} cannot be read" in r.stderr, r.stderr
-    r, run = damaged("short_history", lambda d: (d / "history.csv").write_text("epoch,train_loss\n"))
-    assert r.returncode == 1 and f"{run / 'history.csv'} lacks epochs" in r.stderr, r.stderr
-    r, run = damaged("garbled_params", lambda d: (d / "params.json").write_text('{"params": {"lr": 0.'))
-    assert r.returncode == 1 and f"{run / 'params.json'} is damaged" in r.stderr, r.stderr
+    def refused(run) -> str:
+        "The one-line error of the command line's `main` (in this process: no second import of torch)."
+        from mask_pstage.training import main
+
+        with pytest.raises(SystemExit) as e:
+            main(args(data, run, cache, epochs=2, resume="true"))
+        (line,) = str(e.value.code).splitlines()
+        assert line.startswith("error: ") and "Traceback" not in line, line
+        return line
+
+    run = damaged("cut_checkpoint", lambda d: (d / "last.pt").write_bytes((d / "last.pt").read_bytes()[:5000]))
+    assert f"cannot load checkpoint {run / 'last.pt'}" in refused(run)
+    run = damaged("garbled_history", lambda d: (d / "history.csv").write_bytes(b"\x00\x17garbage;;\n\xff\xfe\n"))
+    assert refused(run).startswith(f"error: {run / 'history.csv'} cannot be read")
+    run = damaged("short_history", lambda d: (d / "history.csv").write_text("epoch,train_loss\n"))
+    assert f"{run / 'history.csv'} lacks epochs" in refused(run)
+    run = damaged("garbled_params", lambda d: (d / "params.json").write_text('{"params": {"lr": 0.'))
+    assert f"{run / 'params.json'} is damaged" in refused(run)
     stored = max(cache.glob("images_*.npy"), key=lambda f: f.stat().st_size)  # the training images' cache
     stored.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])  # a cache cut short
-    r, run = damaged("cut_cache", lambda d: None)
+    run = damaged("cut_cache", lambda d: None)
+    r = train_here(*args(data, run, cache, epochs=2, resume="true"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"stored array {stored} is damaged" in r.stdout and "building it again" in r.stdout
     assert pd.read_csv(run / "history.csv").epoch.tolist() == [0, 1]
@@ -164,20 +177,20 @@ def fill(disk: Path, leave: int) -> Path:
 @pytest.mark.slow  # second test tier (make test-slow)
 def test_full_disk_names_the_file_keeps_the_last_version_and_resumes(data, tmp_path, small_disk):
     run, cache = small_disk / "run", tmp_path / "cache"
-    assert train_cli(*args(data, run, cache, epochs=1)).returncode == 0
+    assert train_here(*args(data, run, cache, epochs=1)).returncode == 0
     (run / "metrics.json").unlink()  # continued below for a second epoch
     before = (run / "last.pt").read_bytes()
     filler = fill(small_disk, leave=64 << 10)
-    r = train_cli(*args(data, run, cache, epochs=2, resume="true"))
+    r = train_here(*args(data, run, cache, epochs=2, resume="true"))
     assert r.returncode == 1, r.stderr[-3000:]
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"error: no space left on the device writing {run}/") and ".pt (" in line, line
     assert "MiB free there); free some space and run the same command again" in line
     assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp"))  # the last version, whole
-    r = train_cli(*args(data, run, small_disk / "cache", epochs=2, resume="true"))  # a new image cache: no room
+    r = train_here(*args(data, run, small_disk / "cache", epochs=2, resume="true"))  # a new image cache: no room
     assert r.returncode == 1 and f"no space left on the device writing {small_disk / 'cache'}/images_" in r.stderr
     filler.unlink()
-    r = train_cli(*args(data, run, cache, epochs=2, resume="true"))
+    r = train_here(*args(data, run, cache, epochs=2, resume="true"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert pd.read_csv(run / "history.csv").epoch.tolist() == [0, 1] and (run / "metrics.json").exists()
 

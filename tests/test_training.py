@@ -6,6 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from inprocess import train_here
+
 BIN = Path(sys.executable).parent
 
 
@@ -84,10 +86,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data, tmp_path)
 @pytest.mark.slow  # second test tier (make test-slow)
 def test_resume_refuses_changed_parameters_and_fresh_run_refuses_existing(data, tmp_path):
     out = tmp_path / "run"
-    assert train_cli(*args(data, out, tmp_path / "cache", epochs=1)).returncode == 0
-    r = train_cli(*args(data, out, tmp_path / "cache", epochs=1))
+    assert train_here(*args(data, out, tmp_path / "cache", epochs=1)).returncode == 0
+    r = train_here(*args(data, out, tmp_path / "cache", epochs=1))
     assert r.returncode != 0 and "already holds a run" in r.stderr
-    r = train_cli(*args(data, out, tmp_path / "cache", epochs=2, resume="true", lr=0.1))
+    r = train_here(*args(data, out, tmp_path / "cache", epochs=2, resume="true", lr=0.1))
     assert r.returncode != 0 and "parameters differ" in r.stderr and "'lr'" in r.stderr
 
 
@@ -139,7 +141,7 @@ def test_many_options_in_one_short_run(data, tmp_path):
     threshold 58, dropped boundary ages, gradient accumulation, the strong preset and training on all persons (fold
     -1)."""
     out = tmp_path / "all"
-    r = train_cli(
+    r = train_here(
         *args(
             data,
             out,
@@ -213,14 +215,14 @@ def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
     """A student learns from a teacher run's train.csv; a teacher that trained on the student's validation
     persons is reported; distillation refuses mixing augmentations."""
     teacher, cache = tmp_path / "teacher", tmp_path / "cache"
-    r = train_cli(*args(data, teacher, cache, epochs=1, strip_cutmix=0.0, ema="false", predict_train="true"))
+    r = train_here(*args(data, teacher, cache, epochs=1, strip_cutmix=0.0, ema="false", predict_train="true"))
     assert r.returncode == 0, r.stderr[-3000:]
     saved = pd.read_csv(teacher / "train.csv")
     assert len(saved) == json.loads((teacher / "params.json").read_text())["n_train_images"]
     assert abs(saved.filter(regex=r"^p\d+$").sum(axis=1) - 1).max() < 1e-3
     for fold, leak in ((1, False), (2, True)):
         student = tmp_path / f"student{fold}"
-        r = train_cli(
+        r = train_here(
             *args(
                 data,
                 student,
@@ -240,7 +242,7 @@ def test_distillation_from_a_teachers_saved_probabilities(data, tmp_path):
         assert kd["alpha"] == 0.7 and kd["temperature"] == 2.0 and kd["teachers"] == [str(teacher)]
         assert kd["train_coverage"] == 1.0  # the teacher's saved training and validation predictions cover every image
         assert ("teachers_trained_on_validation_images" in kd) == leak and (("optimistic" in r.stdout) == leak)
-    r = train_cli(*args(data, tmp_path / "bad", cache, epochs=1, teacher_runs=teacher, strip_cutmix=0.3))
+    r = train_here(*args(data, tmp_path / "bad", cache, epochs=1, teacher_runs=teacher, strip_cutmix=0.3))
     assert r.returncode != 0 and "strip_cutmix" in r.stderr
 
 
@@ -259,7 +261,7 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
         target.symlink_to(row.path)
     teacher, cache = tmp_path / "teacher", tmp_path / "cache"
     base = dict(fold=0, n_folds=3, strip_cutmix=0.0, ema="false", epochs=1)
-    r = train_cli(*args(folder, teacher, cache, **base, predict_train="true"))  # the student learns from its train.csv
+    r = train_here(*args(folder, teacher, cache, **base, predict_train="true"))  # the student learns from its train.csv
     assert r.returncode == 0, r.stderr[-3000:]
     metrics, saved = (
         json.loads((teacher / "metrics.json").read_text()),
@@ -273,14 +275,14 @@ def test_class_per_folder_dataset_trains_distils_and_prunes(data, tmp_path):
     ] and "class_name" in oof
     assert not (teacher / "test.csv").exists()
     student = tmp_path / "student"
-    r = train_cli(*args(folder, student, cache, teacher_runs=teacher, **base))
+    r = train_here(*args(folder, student, cache, teacher_runs=teacher, **base))
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((student / "params.json").read_text())["distillation"]["train_coverage"] == 1.0
     model = run_model(teacher)
     pruned, ranking = prune_layers(model, 1)
     assert model_cost(pruned, (64, 48), latency=False)["macs"] < model_cost(model, (64, 48), latency=False)["macs"]
     assert 0 <= validate(pruned, teacher)["macro_f1"] <= 1
-    r = train_cli(*args(folder, tmp_path / "bad", cache, crop="face", **base))
+    r = train_here(*args(folder, tmp_path / "bad", cache, crop="face", **base))
     assert r.returncode != 0 and "class folders" in r.stderr
 
 
@@ -297,7 +299,7 @@ def test_gpu_preset_trains_offline_from_the_registry_weights(data, tmp_path):
     params = recipe("gpu").train
     assert params["pretrained"] is True and params["weights"] == "lite0"
     run = tmp_path / "gpu"
-    r = train_cli(
+    r = train_here(
         *args(
             data,
             run,
