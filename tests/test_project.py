@@ -93,10 +93,12 @@ def test_no_notebook_is_both_library_and_job():
 def test_job_notebook_has_parameters_cell(name):
     "papermill finds the `parameters` cell and can parse (and document) every parameter in it."
     import re, papermill
+    from click.testing import CliRunner
+    from papermill.cli import papermill as papermill_command
 
-    r = run(BIN / "papermill", "--help-notebook", ROOT / "nbs" / name)
-    assert r.returncode == 0, r.stderr
-    assert "No cell tagged 'parameters'" not in r.stdout + r.stderr, f"{name} lost its parameters cell"
+    r = CliRunner().invoke(papermill_command, ["--help-notebook", str(ROOT / "nbs" / name)])  # its CLI, in-process
+    assert r.exit_code == 0, r.output
+    assert "No cell tagged 'parameters'" not in r.output, f"{name} lost its parameters cell"
     nb = json.loads((ROOT / "nbs" / name).read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
     assigned = [m[1] for line in "".join(cell["source"]).splitlines() if (m := re.match(r"(\w+)\s*[:=]", line))]
