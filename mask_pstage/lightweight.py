@@ -16,7 +16,7 @@ from .runs import Run
 # %% auto #0
 __all__ = ['MACS_REFERENCE', 'F1_REFERENCE', 'lightweight_score', 'measure_latency', 'measure_onnx_latency', 'model_cost',
            'model_table', 'removable_blocks', 'block_weight_std', 'prune_layers', 'prune_channels', 'run_model',
-           'validate', 'pareto_front', 'collect_runs', 'plot_pareto']
+           'validate', 'pareto_front', 'collect_runs', 'plot_pareto', 'run_lightweight']
 
 # %% ../nbs/06a_lightweight.ipynb #43953ab6
 MACS_REFERENCE = 13_878_369  # the competition's MACs normaliser
@@ -206,3 +206,180 @@ def plot_pareto(runs: pd.DataFrame, ax=None):
     ax.legend()
     ax.grid(alpha=0.3)
     return ax.figure
+
+# %% ../nbs/06a_lightweight.ipynb #10929d7e
+def run_lightweight(params=None, log=print, **overrides) -> dict:
+    """The lightweight study of `params` (a `LightweightParams`, a dict, keyword overrides); returns its tables
+    (accounting, ranking, input_sizes, pretrained_sizes, results, all_runs) and the Pareto figure."""
+    import json
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    from .core import imagefolder_root, resolve_path, save_figure
+    from .models import save_model
+    from .params import LightweightParams
+    from .preprocess import aspect_size, face_boxes, mean_crop_aspect, prepare_data
+    from .training import make_params, train
+    from .weights import weights_model
+
+    p = LightweightParams.from_dict(params, **overrides).check()
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    out = resolve_path(p.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accounting = model_table(p.models, p.sizes)
+    accounting.to_csv(out / "accounting.csv", index=False)
+
+    crop = p.crop
+    if imagefolder_root(p.data_dir) is not None and crop != "none":
+        log(f"{p.data_dir} holds class folders: face crops are for the mask competition, so crop='none' here")
+        crop = "none"
+    runs_dir = out / "runs"
+    common = dict(
+        data_dir=p.data_dir,
+        fold=p.fold,
+        n_folds=p.n_folds,
+        crop=crop,
+        pretrained=p.pretrained,
+        epochs=p.epochs,
+        cache_dir=str(out.parent / "cache"),
+        resume=True,
+        predict_eval=False,
+        threads=p.threads,
+    )
+
+    def fit(name, **kw):
+        "Train (or reuse) run `name` under runs/; returns its folder and metrics."
+        t0 = time.time()
+        m = train(**{**common, **kw, "out_dir": str(runs_dir / name)})
+        log(f"{name}: macro F1 {m['macro_f1']:.4f}, {m['macs'] / 1e6:.1f} MMACs, {time.time() - t0:.0f} s")
+        return runs_dir / name, m
+
+    if crop == "face":
+        aspect = mean_crop_aspect(face_boxes(p.data_dir, cache_dir=common["cache_dir"]))
+    else:
+        table = prepare_data(make_params(data_dir=p.data_dir, pretrained=False), cache=False).table
+        with Image.open(table.path[0]) as im:
+            aspect = im.height / im.width
+    student_size = aspect_size(p.student_height, aspect)
+    what = "face crop" if crop == "face" else "image"
+    log(f"mean {what} aspect (height / width) {aspect:.3f}: student input {student_size[0]}x{student_size[1]}")
+
+    # the student, a teacher, the distilled student
+    baseline_run, baseline = fit("student", model=p.student, img_size=student_size)
+    teachers = p.teacher_runs or str(fit("teacher", model=p.teacher, img_size=p.teacher_size)[0])
+    kd_run, distilled = fit(
+        "student_distilled",
+        model=p.student,
+        img_size=student_size,
+        teacher_runs=teachers,
+        kd_temperature=p.kd_temperature,
+        kd_alpha=p.kd_alpha,
+    )
+
+    # layer and channel pruning of the student, then fine-tuning
+    base_model = run_model(baseline_run)
+    n_drop = min(p.prune_blocks, len(removable_blocks(base_model)))
+    if n_drop < p.prune_blocks:
+        log(f"{p.student} has {n_drop} removable residual blocks: dropping {n_drop}, not {p.prune_blocks}")
+    prunings, ranking = [("channels", prune_channels(base_model, student_size, p.prune_ratio))], None
+    if n_drop:
+        layer_model, ranking = prune_layers(base_model, n_drop)
+        prunings.insert(0, ("layers", layer_model))
+    pruned = {}
+    for name, model in prunings:
+        file = save_model(model, out / "models" / f"student_pruned_{name}.pt")
+        before = validate(model, baseline_run)["macro_f1"]
+        run, m = fit(
+            f"student_pruned_{name}", model=p.student, img_size=student_size, init_model=str(file),
+            epochs=p.finetune_epochs,
+        )  # fmt: skip
+        pruned[name] = dict(model=model, f1_before_finetune=before, metrics=m)
+
+    # input size: squares against the crops' mean aspect (the baseline student is reused)
+    size_runs = []
+    for h in map(int, p.heights.split(",")):
+        for size in [(h, h), aspect_size(h, aspect)]:
+            name = "student" if size == student_size else f"student_{size[0]}x{size[1]}"
+            run, m = fit(name, model=p.student, img_size=size)
+            size_runs.append(
+                dict(
+                    img_size=f"{size[0]}x{size[1]}",
+                    shape="square" if size[0] == size[1] else "mean aspect",
+                    macs=m["macs"],
+                    macro_f1=m["macro_f1"],
+                    score=lightweight_score(m["macs"], m["macro_f1"]),
+                )
+            )
+    sizes_table = pd.DataFrame(size_runs)
+    sizes_table.to_csv(out / "input_sizes.csv", index=False)
+
+    # pretrained at small inputs
+    pretrained_runs = []
+    for h in map(int, p.pretrained_heights.split(",") if p.pretrained_weights else []):
+        size = aspect_size(h, aspect)
+        run, m = fit(
+            f"{p.pretrained_weights}_pretrained_{size[0]}x{size[1]}",
+            model=weights_model(p.pretrained_weights) or p.student,
+            pretrained=True,
+            weights=p.pretrained_weights,
+            img_size=size,
+            optimizer="adamw",
+            lr=1e-3,
+            weight_decay=0.02,
+            epochs=p.pretrained_epochs,
+        )
+        pretrained_runs.append(
+            dict(
+                model=m["model"],
+                img_size=f"{size[0]}x{size[1]}",
+                macs=m["macs"],
+                macro_f1=m["macro_f1"],
+                score=lightweight_score(m["macs"], m["macro_f1"]),
+            )
+        )
+    pretrained_table = pd.DataFrame(pretrained_runs, columns=["model", "img_size", "macs", "macro_f1", "score"])
+    pretrained_table.to_csv(out / "pretrained_sizes.csv", index=False)
+
+    # results: cost and F1 of each model, with their lightweight scores
+    first_teacher = Run(teachers.split(",")[0])
+    rows = [
+        dict(
+            model="teacher",
+            **model_cost(first_teacher.model(), first_teacher.params.img_size),
+            macro_f1=first_teacher.metrics["macro_f1"],
+        ),
+        dict(model="student", **model_cost(base_model, student_size), macro_f1=baseline["macro_f1"]),
+        dict(model="student distilled", **model_cost(run_model(kd_run), student_size), macro_f1=distilled["macro_f1"]),
+    ]
+    for name, r in pruned.items():
+        cost = model_cost(r["model"], student_size)
+        rows += [
+            dict(model=f"student, {name} pruned", **cost, macro_f1=r["f1_before_finetune"]),
+            dict(model=f"student, {name} pruned + fine-tuned", **cost, macro_f1=r["metrics"]["macro_f1"]),
+        ]
+    results = pd.DataFrame(rows)
+    results["score"] = [lightweight_score(m, f) for m, f in zip(results.macs, results.macro_f1)]
+    results.to_csv(out / "results.csv", index=False)
+
+    # every run under pareto_root on the F1/MACs plane
+    all_runs = collect_runs(p.pareto_root)
+    figure = plot_pareto(all_runs)
+    save_figure(figure, out / "pareto.png")
+    plt.close(figure)  # shown where the caller wants it (display(report["figure"]))
+    summary = dict(
+        results=results.round(6).to_dict("records"),
+        input_sizes=sizes_table.round(6).to_dict("records"),
+        pretrained_sizes=pretrained_table.round(6).to_dict("records"),
+        pareto_runs=all_runs[all_runs.pareto].run.tolist(),
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    return dict(
+        accounting=accounting,
+        ranking=ranking,
+        input_sizes=sizes_table,
+        pretrained_sizes=pretrained_table,
+        results=results,
+        all_runs=all_runs,
+        figure=figure,
+        runs_dir=runs_dir,
+    )

@@ -16,7 +16,7 @@ from .weights import check_weights
 __all__ = ['LOSS_NAMES', 'SCHEDULERS', 'HEADS', 'SAMPLERS', 'CLASS_WEIGHTS', 'CROPS', 'CROP_ASPECTS', 'AUGMENT_NAMES',
            'FACE_DETECTOR_NAMES', 'SPLITS', 'TRACKERS', 'ENSEMBLE_METHODS', 'POOLINGS', 'RECORDED', 'PRESETS',
            'to_bool', 'parse_size', 'parse_loss', 'parse_kv', 'Params', 'TrainParams', 'make_params', 'AnalysisParams',
-           'EnsembleParams', 'add_arguments', 'read_config', 'apply_config', 'Recipe', 'recipe']
+           'EnsembleParams', 'LightweightParams', 'add_arguments', 'read_config', 'apply_config', 'Recipe', 'recipe']
 
 # %% ../nbs/01d_params.ipynb #8edb47106e1a46a883d545849b8ab81b
 LOSS_NAMES = ("ce", "focal", "label_smoothing", "f1", "symmetric_ce")
@@ -411,6 +411,57 @@ class EnsembleParams(Params):
         w = self.weight_values or []
         if self.method == "weighted" and any(x < 0 for x in w):
             raise ValueError(f"weights={self.weights!r} must not be negative")
+        return self
+
+# %% ../nbs/01d_params.ipynb #b8d1f155
+@dataclass
+class LightweightParams(Params):
+    "The lightweight study's parameters (nbs/06_lightweight.ipynb, `mask_pstage.lightweight.run_lightweight`)."
+
+    data_dir: str = "data/synthetic"  # dataset in the competition layout
+    out_dir: str = "outputs/lightweight"  # run folder: runs/, models/, tables and plots
+    fold: int = 0  # validation fold of every training run here
+    n_folds: int = 5
+    crop: str = "face"  # none | face (cached face crops, see nbs/02b_preprocessing.ipynb)
+    pretrained: bool = False  # timm weights for student and teacher (needs internet or a timm cache)
+    # models of the accounting table
+    models: str = (
+        "mobilenetv3_small_050,mobilenetv3_small_100,lcnet_050,mnasnet_small,ghostnet_100,efficientnet_b0,resnet18"
+    )
+    sizes: str = "64x48,96x72,128x96"  # accounting table input sizes (height x width)
+    student: str = "mobilenetv3_small_100"  # the small model
+    teacher: str = "mobilenetv3_large_100"  # trained here when teacher_runs is empty
+    teacher_size: str = "128x96"
+    teacher_runs: str = ""  # existing teacher run folders (comma-separated) to distil from instead
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.7
+    student_height: int = 96  # the student's input height; its width follows the crops' mean aspect
+    heights: str = "64,96"  # size trade-off: each height as a square and at the mean aspect
+    pretrained_weights: str = "lite0"  # offline ImageNet weights of the pretrained points; "" skips them
+    pretrained_heights: str = "64,96,128"  # the pretrained model fine-tuned at each height (mean aspect)
+    pretrained_epochs: int = 3
+    epochs: int = 8
+    finetune_epochs: int = 4  # after pruning
+    prune_blocks: int = 2  # layer pruning: residual blocks dropped (lowest weight std first)
+    prune_ratio: float = 0.3  # channel pruning: share of channels removed
+    threads: int = 0  # torch CPU threads, 0 for torch's default
+    pareto_root: str = "outputs"  # every training run under this folder goes on the F1-vs-MACs plot
+
+    def check(self) -> LightweightParams:
+        _choice("crop", self.crop, CROPS)
+        for name in ("sizes", "teacher_size"):
+            for size in str(getattr(self, name)).split(","):
+                parse_size(size)
+        for name in ("heights", "pretrained_heights"):
+            if not all(h.strip().isdigit() and int(h) >= 16 for h in str(getattr(self, name)).split(",")):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be heights of 16 or more, comma-separated")
+        for name in ("epochs", "finetune_epochs", "pretrained_epochs", "student_height"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0 < self.prune_ratio < 1:
+            raise ValueError(f"prune_ratio={self.prune_ratio} must be in (0, 1)")
+        if self.prune_blocks < 0:
+            raise ValueError(f"prune_blocks={self.prune_blocks} must be >= 0")
         return self
 
 # %% ../nbs/01d_params.ipynb #a3b94f05

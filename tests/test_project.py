@@ -206,6 +206,7 @@ def test_synth_cli_and_validator_on_a_corrupted_copy(tmp_path):
         ("03_train.ipynb", "TrainParams"),
         ("04_error_analysis.ipynb", "AnalysisParams"),
         ("05_ensemble.ipynb", "EnsembleParams"),
+        ("06_lightweight.ipynb", "LightweightParams"),
     ],
 )
 def test_job_notebook_parameters_match_the_library(name, cls):
