@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 from .core import atomic_path, resolve_path
-from .params import TRACKERS
+from .params import TRACKERS, TrainParams
 from .runs import CURVES, HISTORY, METRICS, PARAMS, PREDICTIONS, TRACKING, PipelineRun, Run
 
 # %% auto #0
@@ -124,11 +124,12 @@ class MlflowRun:
         if changed:
             client.log_batch(self.id, tags=changed)
 
-    def log_metrics(self, values: dict, step: int = 0):
+    def log_metrics(self, values: dict, step: int = 0, prefix: str = ""):
+        "The finite numbers among `values` (named `prefix` + key) at `step`."
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in _numbers(values).items()]
+        metrics = [Metric(k, v, now, step) for k, v in _numbers(values, prefix).items()]
         if metrics:
             self.client.log_batch(self.id, metrics=metrics)
 
@@ -166,7 +167,7 @@ class RunTracking:
 
     def __init__(self, run: Run, params: dict, history=()):
         uri = store_uri(params.get("tracking_uri", ""))
-        experiment = params.get("experiment") or "mask_pstage"
+        experiment = params.get("experiment") or TrainParams.experiment
         self.run = run
         self.mlflow = MlflowRun(
             uri,
@@ -185,7 +186,7 @@ class RunTracking:
         self.mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def finish(self, metrics: dict):
-        self.mlflow.log_metrics(_numbers(metrics, "final/"))
+        self.mlflow.log_metrics(metrics, prefix="final/")
         files = [self.run.path / f for f in (PARAMS, METRICS, HISTORY, CURVES, *PREDICTIONS.values())]
         self.mlflow.log_files(files + sorted(self.run.path.glob("*.png")))
         self.mlflow.end("FINISHED")
@@ -207,7 +208,7 @@ def track_pipeline(pr: PipelineRun, summary: dict, recipe: dict) -> str | None:
     train = recipe.get("train") or {}
     if train.get("tracking") != "mlflow":
         return None
-    uri, experiment = store_uri(train.get("tracking_uri", "")), train.get("experiment") or "mask_pstage"
+    uri, experiment = store_uri(train.get("tracking_uri", "")), train.get("experiment") or TrainParams.experiment
     tracked = MlflowRun(
         uri,
         experiment,
@@ -218,9 +219,8 @@ def track_pipeline(pr: PipelineRun, summary: dict, recipe: dict) -> str | None:
     )
     _save_id(pr.path, tracked, experiment)
     score = summary.get("submission_score") or {}
-    tracked.log_metrics(
-        {**_numbers(summary), **_numbers(score if isinstance(score, dict) else {}, "submission_score/")}
-    )
+    tracked.log_metrics(summary)
+    tracked.log_metrics(score if isinstance(score, dict) else {}, prefix="submission_score/")
     tracked.log_files([pr.path / "summary.json", pr.summary_md])
     tracked.log_files(sorted(pr.path.glob("*.ipynb")), "notebooks")
     for folder in ("eda", "analysis", "ensemble"):

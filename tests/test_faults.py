@@ -121,13 +121,10 @@ def test_damaged_state_is_named_or_rebuilt_never_used(data, tmp_path):
         return run
 
     def refused(run) -> str:
-        "The one-line error of the command line's `main` (in this process: no second import of torch)."
-        from mask_pstage.training import main
-
-        with pytest.raises(SystemExit) as e:
-            main(args(data, run, cache, epochs=2, resume="true"))
-        (line,) = str(e.value.code).splitlines()
-        assert line.startswith("error: ") and "Traceback" not in line, line
+        "The command line's one-line error (its `main` in this process: no second import of torch)."
+        r = train_here(*args(data, run, cache, epochs=2, resume="true"))
+        (line,) = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and line.startswith("error: ") and "Traceback" not in line, r.stderr
         return line
 
     run = damaged("cut_checkpoint", lambda d: (d / "last.pt").write_bytes((d / "last.pt").read_bytes()[:5000]))
