@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from inprocess import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -355,25 +356,15 @@ def test_submission_tools_answer_bad_files_with_one_error_line(base, tmp_path):
 
 
 def test_pipeline_stops_before_any_step_naming_the_broken_file(base, tmp_path):
+    from mask_pstage.pipeline import main as pipeline_main
+
     for name in ("info.csv header only", "truncated jpeg"):
         breaker = dict(BROKEN)[name]
         data = tmp_path / name.replace(" ", "_")
         shutil.copytree(base, data)
         named = str(breaker(data))
         run = tmp_path / f"run_{data.name}"
-        r = cli(
-            sys.executable,
-            "-m",
-            "mask_pstage.pipeline",
-            "--data",
-            data,
-            "--run",
-            run,
-            "--folds",
-            "2",
-            "--train",
-            "epochs=1",
-        )
+        r = run_main(pipeline_main, "--data", data, "--run", run, "--folds", "2", "--train", "epochs=1")  # in-process
         last = r.stderr.strip().splitlines()[0]
         assert r.returncode == 1 and last.startswith("error: ") and named in r.stderr, (name, r.stderr)
         assert not (run / "01_eda.ipynb").exists(), "no step ran on broken data"
