@@ -11,16 +11,16 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORING_AGE_THRESHOLD', 'STEM_TO_MASK', 'IMAGE_STEMS',
-           'IMAGE_EXTS', 'PARTIAL_SUFFIX', 'LOCK_FILE', 'MIN_IMAGE_SIDE', 'LABEL_FIXES_VERSION', 'LABEL_FIX_NAMES',
-           'age_band', 'encode_label', 'decode_label', 'attribute_probs', 'class_names', 'project_root', 'resolve_path',
-           'in_notebook', 'in_test', 'progress_bar', 'atomic_path', 'DiskFullError', 'load_stored_array',
-           'reserve_space', 'FolderBusyError', 'lock_holder', 'folder_lock', 'remove_locked_folder', 'Stopped',
-           'signals_held', 'stop_on_signals', 'remove_partial', 'save_figure', 'write_csv', 'Problem', 'LayoutError',
-           'require_data_dir', 'scan_train', 'scan_eval', 'read_train', 'read_eval', 'image_size', 'open_upright',
-           'open_rgb', 'decode_images', 'validate_layout', 'format_report', 'validate_main', 'label_fix_table',
-           'apply_label_fixes', 'classification_metrics', 'assign_folds', 'imagefolder_root', 'read_imagefolder',
-           'imagefolder_metrics', 'assign_label_folds']
+__all__ = ['MASKS', 'GENDERS', 'AGE_BANDS', 'N_CLASSES', 'PROB_COLUMNS', 'SCORING_AGE_THRESHOLD', 'STEM_TO_MASK',
+           'IMAGE_STEMS', 'IMAGE_EXTS', 'PARTIAL_SUFFIX', 'LOCK_FILE', 'MIN_IMAGE_SIDE', 'LABEL_FIXES_VERSION',
+           'LABEL_FIX_NAMES', 'age_band', 'encode_label', 'decode_label', 'attribute_probs', 'class_names',
+           'project_root', 'resolve_path', 'in_notebook', 'in_test', 'progress_bar', 'atomic_path', 'DiskFullError',
+           'load_stored_array', 'reserve_space', 'FolderBusyError', 'lock_holder', 'folder_lock',
+           'remove_locked_folder', 'Stopped', 'signals_held', 'stop_on_signals', 'remove_partial', 'save_figure',
+           'write_csv', 'Problem', 'LayoutError', 'require_data_dir', 'scan_train', 'scan_eval', 'read_train',
+           'read_eval', 'image_size', 'open_upright', 'open_rgb', 'decode_images', 'validate_layout', 'format_report',
+           'validate_main', 'label_fix_table', 'apply_label_fixes', 'classification_metrics', 'assign_folds',
+           'imagefolder_root', 'read_imagefolder', 'imagefolder_metrics', 'assign_label_folds']
 
 # %% ../nbs/00_core.ipynb #2fde608a
 MASKS = ("wear", "incorrect", "not_wear")

@@ -14,9 +14,9 @@ from .models import count_macs, create_model, predict, input_norm
 from .runs import Run
 
 # %% auto #0
-__all__ = ['MACS_REFERENCE', 'F1_REFERENCE', 'lightweight_score', 'measure_latency', 'measure_onnx_latency', 'model_cost',
-           'model_table', 'removable_blocks', 'block_weight_std', 'prune_layers', 'prune_channels', 'run_model',
-           'validate', 'pareto_front', 'collect_runs', 'plot_pareto', 'run_lightweight']
+__all__ = ['MACS_REFERENCE', 'F1_REFERENCE', 'lightweight_score', 'measure_latency', 'measure_onnx_latency',
+           'model_cost', 'model_table', 'removable_blocks', 'block_weight_std', 'prune_layers', 'prune_channels',
+           'run_model', 'validate', 'pareto_front', 'collect_runs', 'plot_pareto', 'run_lightweight']
 
 # %% ../nbs/06a_lightweight.ipynb #43953ab6
 MACS_REFERENCE = 13_878_369  # the competition's MACs normaliser

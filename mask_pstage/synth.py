@@ -24,8 +24,8 @@ from mask_pstage.core import (
 from .submission import public_private, score
 
 # %% auto #0
-__all__ = ['W', 'H', 'AGE_BAND_SHARES', 'FEMALE_SHARE', 'MASK_STYLES', 'ID_RANGE', 'RANDOM_NOISE', 'draw_age', 'draw_person',
-           'render', 'generate', 'main']
+__all__ = ['W', 'H', 'AGE_BAND_SHARES', 'FEMALE_SHARE', 'MASK_STYLES', 'ID_RANGE', 'RANDOM_NOISE', 'draw_age',
+           'draw_person', 'render', 'generate', 'main']
 
 # %% ../nbs/00b_synth.ipynb #0fdb7c58
 W, H = 384, 512  # the competition's image size

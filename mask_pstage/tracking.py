@@ -14,7 +14,8 @@ from .params import TRACKERS, TrainParams
 from .runs import CURVES, HISTORY, METRICS, PARAMS, PREDICTIONS, TRACKING, PipelineRun, Run
 
 # %% auto #0
-__all__ = ['DEFAULT_STORE', 'store_uri', 'check_tracking', 'MlflowRun', 'RunTracking', 'start_run_tracking', 'track_pipeline']
+__all__ = ['DEFAULT_STORE', 'store_uri', 'check_tracking', 'MlflowRun', 'RunTracking', 'start_run_tracking',
+           'track_pipeline']
 
 # %% ../nbs/03b_tracking.ipynb #6f1f49ce
 DEFAULT_STORE = "outputs/mlflow"  # the local store: mlflow.db (SQLite) and artifacts/

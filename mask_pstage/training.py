@@ -24,9 +24,9 @@ from .runs import Run
 from .tracking import start_run_tracking
 
 # %% auto #0
-__all__ = ['LOSSES', 'RESUME_MAY_CHANGE', 'LENGTH_SCHEDULERS', 'ce_loss', 'label_smoothing_loss', 'focal_loss', 'f1_loss',
-           'symmetric_ce_loss', 'kd_loss', 'build_loss', 'seed_epoch', 'EpochSampler', 'strip_cutmix', 'Mixing',
-           'teacher_probabilities', 'Distillation', 'distillation', 'AgeLoss', 'age_loss', 'build_optimizer',
+__all__ = ['LOSSES', 'RESUME_MAY_CHANGE', 'LENGTH_SCHEDULERS', 'ce_loss', 'label_smoothing_loss', 'focal_loss',
+           'f1_loss', 'symmetric_ce_loss', 'kd_loss', 'build_loss', 'seed_epoch', 'EpochSampler', 'strip_cutmix',
+           'Mixing', 'teacher_probabilities', 'Distillation', 'distillation', 'AgeLoss', 'age_loss', 'build_optimizer',
            'build_scheduler', 'setup_device', 'Fit', 'frozen_features', 'setup', 'train_one_epoch', 'evaluate',
            'end_epoch', 'log_hparams', 'finish', 'train', 'plot_history', 'main']
 

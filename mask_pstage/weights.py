@@ -11,8 +11,8 @@ import timm
 from .core import atomic_path, resolve_path, signals_held
 
 # %% auto #0
-__all__ = ['REGISTRY', 'registry_file', 'convert_state_dict', 'save_torch', 'file_sha256', 'weights_model', 'check_weights',
-           'resolve_weights', 'imagenet_top']
+__all__ = ['REGISTRY', 'registry_file', 'convert_state_dict', 'save_torch', 'file_sha256', 'weights_model',
+           'check_weights', 'resolve_weights', 'imagenet_top']
 
 # %% ../nbs/01b_weights.ipynb #a983091f
 REGISTRY = dict(  # name -> the timm model whose tensors the package's file holds, and where that file is
