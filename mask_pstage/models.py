@@ -13,13 +13,13 @@ import torch.nn.functional as F
 import timm
 from .core import N_CLASSES, resolve_path, progress_bar
 from .weights import resolve_weights, save_torch
-from .params import TrainParams
+from .params import HEADS, TrainParams
 
 # %% auto #0
-__all__ = ['AGES', 'FROZEN_CACHE_MODULES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets', 'create_model',
-           'scale_classifier', 'save_model', 'load_model', 'make_model', 'freeze_groups', 'frozen_blocks',
-           'trunk_modules', 'forward_trunk', 'forward_rest', 'input_norm', 'count_macs', 'save_checkpoint',
-           'load_checkpoint', 'average_states', 'to_input', 'frozen_input', 'predict']
+__all__ = ['AGES', 'HEAD_MODULES', 'FROZEN_CACHE_MODULES', 'FactorizedHead', 'AgeDistributionHead', 'age_targets',
+           'create_model', 'scale_classifier', 'save_model', 'load_model', 'make_model', 'freeze_groups',
+           'frozen_blocks', 'trunk_modules', 'forward_trunk', 'forward_rest', 'input_norm', 'count_macs',
+           'save_checkpoint', 'load_checkpoint', 'average_states', 'to_input', 'frozen_input', 'predict']
 
 # %% ../nbs/01a_models.ipynb #cd8b900e
 class FactorizedHead(nn.Module):
@@ -63,6 +63,14 @@ def age_targets(ages, sigma: float = 3.0) -> torch.Tensor:
     return torch.as_tensor(t / t.sum(1, keepdims=True), dtype=torch.float32)
 
 # %% ../nbs/01a_models.ipynb #c24f2f5a
+# each head of params.HEADS: the logits the timm model gives it (None: the classes themselves) and the module after them
+HEAD_MODULES = dict(
+    single=(None, None),
+    multitask=(8, lambda age_cut_old: FactorizedHead()),
+    age=(5 + len(AGES), lambda age_cut_old: AgeDistributionHead(age_cut_old)),
+)
+
+
 def create_model(
     model: str,
     head: str = "single",
@@ -73,7 +81,10 @@ def create_model(
 ) -> nn.Module:
     """A timm model with an 18-class output (or `n_classes`); weights from timm, from a local file, or random; heads see
     below."""
-    kwargs = dict(num_classes=dict(single=n_classes, multitask=8, age=5 + len(AGES))[head])
+    if head not in HEAD_MODULES:
+        raise ValueError(f"unknown head {head!r}; one of {HEADS}")
+    n_logits, make_head = HEAD_MODULES[head]
+    kwargs = dict(num_classes=n_logits or n_classes)
     if weights_path:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(resolve_path(weights_path))))
     else:
@@ -88,8 +99,8 @@ def create_model(
                 f"a local checkpoint (weights=FILE), or pretrained=false"
             ) from None
         raise
-    if head != "single":
-        net = nn.Sequential(net, FactorizedHead() if head == "multitask" else AgeDistributionHead(age_cut_old))
+    if make_head:
+        net = nn.Sequential(net, make_head(age_cut_old))
         net.pretrained_cfg = net[0].pretrained_cfg
     return net
 
@@ -197,7 +208,6 @@ def forward_rest(model: nn.Module, z: torch.Tensor, n_blocks: int) -> torch.Tens
         z = base.bn2(base.conv_head(z))
     out = base.forward_head(z)
     return model[1](out) if isinstance(model, nn.Sequential) else out
-
 
 # %% ../nbs/01a_models.ipynb #ba099da1
 def input_norm(model: nn.Module) -> tuple:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from .core import atomic_path, in_notebook, resolve_path, save_figure, write_csv
 from .training import make_params, train
-from .params import apply_config, parse_kv, recipe
+from .params import HEADS, apply_config, parse_kv, recipe
 
 # %% auto #0
 __all__ = ['SPACES', 'PRUNERS', 'OBJECTIVES', 'load_space', 'suggest', 'base_trial', 'check_space', 'study_storage',
@@ -25,7 +25,7 @@ SPACES = dict(
         weight_decay={"float": [1e-5, 0.05], "log": True},
         augment={"choice": ["light", "base", "strong"]},
         loss={"choice": ["ce", "label_smoothing"]},
-        head={"choice": ["single", "multitask", "age"]},
+        head={"choice": list(HEADS)},
         crop_margin={"float": [0.3, 1.0]},
         img_size={"choice": ["96x72", "128x96"]},
         ema={"choice": [False, True]},
