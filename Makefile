@@ -23,7 +23,7 @@ FOLDS        ?=
 PRESET       ?=
 EPOCHS       ?= 12
 
-.PHONY: install data demo eda train pipeline lightweight test test-slow lab clean-nbs export bench
+.PHONY: install data demo eda train pipeline lightweight test test-slow lab clean-nbs export nb-outputs bench
 
 install: $(VENV)/.installed
 
@@ -91,6 +91,10 @@ export: install
 	$(BIN)/nbdev-export
 clean-nbs: install
 	$(BIN)/nbdev-clean
+# library notebooks saved with their small outputs (documentation; nbs/12a_nbdev_tools.ipynb), one at a time as the
+# tests run them; job notebooks stay clean. NB="nbs/00b_synth.ipynb" saves only the ones named.
+nb-outputs: install
+	$(BIN)/python -m mask_pstage.nbdev_tools $(NB)
 
 # speed benchmarks of the data paths, the training step and face detection (print images/s); run them alone
 bench: install

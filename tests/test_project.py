@@ -52,6 +52,32 @@ def test_notebooks_are_clean(tmp_path):
     assert not dirty, f"notebooks not clean, run `make clean-nbs` and commit: {dirty}"
 
 
+def test_library_notebooks_keep_small_outputs_and_job_notebooks_none():
+    """Library notebooks carry the small outputs `make nb-outputs` saves (documentation: no stderr, thumbnails, nothing
+    over the limit, no picture from a cell that reads real photos); job notebooks are saved clean, papermill writes
+    their outputs into the run folders (08_real_faces, the report of the real-face measurements, keeps its tables)."""
+    import re
+    from mask_pstage.nbdev_tools import MAX_OUTPUT_BYTES, library_notebooks
+
+    libs = {p.name for p in library_notebooks(ROOT / "nbs")}
+    assert libs == set(NBS) - set(JOB_NOTEBOOKS)
+    with_outputs, problems = 0, []
+    for name in NBS:
+        cells = [c for c in json.loads((ROOT / "nbs" / name).read_text())["cells"] if c["cell_type"] == "code"]
+        outputs = [(c, o) for c in cells for o in c.get("outputs", [])]
+        with_outputs += name in libs and bool(outputs)
+        if name in JOB_NOTEBOOKS and name != "08_real_faces.ipynb" and outputs:
+            problems.append(f"{name}: a job notebook saved with outputs")
+        for c, o in outputs:
+            src = "".join(c["source"])
+            if o.get("name") == "stderr" or len(json.dumps(o)) > MAX_OUTPUT_BYTES:
+                problems.append(f"{name}: stderr or an output over {MAX_OUTPUT_BYTES} bytes")
+            if re.search(r"FAIRFACE|UTK|shared.*data", src) and {"image/png", "image/jpeg"} & set(o.get("data", {})):
+                problems.append(f"{name}: a picture from a cell that reads real photos (mark it `#| output: false`)")
+    assert not problems, problems
+    assert with_outputs >= 10, "run make nb-outputs: library notebooks read as documentation with their outputs"
+
+
 def test_package_in_sync_with_notebooks(tmp_path):
     "nbdev-export on a copy of the project reproduces mask_pstage/ exactly."
     for item in ("pyproject.toml", "README.md"):
@@ -68,7 +94,7 @@ def test_package_in_sync_with_notebooks(tmp_path):
 
 
 def test_package_lines_are_readable():
-    """No generated line over 120 columns, `__all__` included (nbs/12a_nbdev_procs.ipynb); ruff checks the same and one
+    """No generated line over 120 columns, `__all__` included (nbs/12a_nbdev_tools.ipynb); ruff checks the same and one
     statement per line."""
     long = [
         f"{p.name}:{i}"
