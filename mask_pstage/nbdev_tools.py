@@ -77,15 +77,14 @@ def small_outputs(outputs: list[dict]) -> list[dict]:
 def save_outputs(nb_path, flags=()) -> bool:
     """Run the library notebook `nb_path` as nbdev-test does and, when every cell passes, save it with `small_outputs`;
     False (and the notebook untouched) when a cell fails."""
-    from nbdev.test import test_nb
     from nbdev.clean import nbdev_clean
+    from nbdev.config import get_config
+    from nbdev.test import test_nb
 
     path = Path(nb_path).resolve()  # nbdev writes the notebook from inside its folder
     cells = json.loads(path.read_text())["cells"]
     if any("parameters" in c["metadata"].get("tags", []) for c in cells):
         raise ValueError(f"{path.name} is a job notebook: job notebooks stay clean (papermill writes their outputs)")
-    from nbdev.config import get_config
-
     declared = get_config(path.parent).tst_flags
     declared = declared.split() if isinstance(declared, str) else list(declared)
     ok, _ = test_nb(path, skip_flags=[f for f in declared if f not in flags], force_flags=list(flags), save=True)
@@ -119,10 +118,17 @@ def main(argv=None):
     import sys, time
 
     names = sys.argv[1:] if argv is None else argv
+    paths = [Path(n) for n in names] or library_notebooks()
+    for p in paths:
+        if not p.is_file() or p.suffix != ".ipynb":
+            sys.exit(f"error: {p} is not a notebook; name notebooks of nbs/, e.g. NB=nbs/03a_training.ipynb")
     failed = []
-    for p in [Path(n) for n in names] or library_notebooks():
+    for p in paths:
         t = time.time()
-        ok = save_outputs(p)
+        try:
+            ok = save_outputs(p)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         print(f"{p.name}: {'outputs saved' if ok else 'FAILED, left as it was'} ({time.time() - t:.0f} s)", flush=True)
         failed += [] if ok else [p.name]
     if failed:
