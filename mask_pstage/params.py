@@ -7,7 +7,6 @@ from __future__ import annotations
 import os, re
 from dataclasses import dataclass, field, fields, asdict
 from fastcore.basics import patch
-import timm
 from .core import LABEL_FIX_NAMES, require_data_dir, resolve_path
 from .tasks import task_for, parse_ages
 from .weights import check_weights
@@ -219,6 +218,8 @@ def _split_runs(spec: str) -> list[str]:
 
 
 def _check_values(p: TrainParams):
+    import timm  # here, not at import: the command line's help does not wait for it
+
     if not timm.is_model(p.model):
         close = timm.list_models(f"*{p.model.split('.')[0][:6]}*")[:15] or timm.list_models("mobilenetv3*")
         raise ValueError(f"unknown model {p.model!r}; any name of timm.list_models() works, e.g. {close}")

@@ -6,9 +6,10 @@
 from __future__ import annotations
 import hashlib, importlib.metadata, importlib.util
 from pathlib import Path
-import torch
-import timm
 from .core import atomic_path, resolve_path, signals_held
+
+# torch and timm are imported where they are used: `mask_pstage.params` checks weights names through this module, and
+# the command line's help and parameter errors should not wait for torch
 
 # %% auto #0
 __all__ = ['REGISTRY', 'registry_file', 'convert_state_dict', 'save_torch', 'file_sha256', 'weights_model',
@@ -56,6 +57,8 @@ def registry_file(name: str) -> Path:
 
 # %% ../nbs/01b_weights.ipynb #4808f94c
 def _tensors(state: dict) -> list[tuple[str, torch.Tensor]]:
+    import torch
+
     return [(k, v) for k, v in state.items() if torch.is_tensor(v) and not k.endswith("num_batches_tracked")]
 
 
@@ -87,6 +90,8 @@ def save_torch(obj, path) -> Path:
     """`torch.save` to `path` atomically, through a Python file: a full disk then raises `DiskFullError` naming the
     file (torch's own writer, given a path, reports it as a RuntimeError that does not say why). A SIGTERM or Ctrl-C
     during the write stops the process once the file is whole (inside torch's writer it would come out as an error)."""
+    import torch
+
     with signals_held(), atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
     return Path(path)
@@ -101,6 +106,8 @@ def file_sha256(path) -> str:
 
 
 def _load_state(path) -> dict:
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -134,6 +141,8 @@ def check_weights(weights: str, model: str):
 
 def resolve_weights(weights: str, model: str, cache_dir="outputs/cache") -> tuple[Path, dict]:
     "(file in timm's layout for `model`, record) for a registry name or a checkpoint file; converted once and cached."
+    import timm, torch
+
     if weights in REGISTRY:
         source = registry_file(weights)
         dist = REGISTRY[weights]["distribution"]
@@ -159,6 +168,7 @@ def imagenet_top(
 ) -> list[tuple[int, str, float]]:
     """Top-`k` ImageNet (index, description, probability) of `model_name` with `weights` for a PIL image, with timm's
     preprocessing."""
+    import timm, torch
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
     file, _ = resolve_weights(weights, model_name, cache_dir)
