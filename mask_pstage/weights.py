@@ -6,7 +6,11 @@
 from __future__ import annotations
 import hashlib, importlib.metadata, importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 from .core import atomic_path, resolve_path, signals_held
+
+if TYPE_CHECKING:
+    import torch
 
 # torch and timm are imported where they are used: `mask_pstage.params` checks weights names through this module, and
 # the command line's help and parameter errors should not wait for torch

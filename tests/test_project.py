@@ -157,6 +157,28 @@ def test_notebook(name):
     run_notebook(name)
 
 
+SLOW_NBS = [
+    name
+    for name in NBS
+    if any(
+        c["cell_type"] == "code" and "".join(c["source"]).startswith("#| slow")
+        for c in json.loads((ROOT / "nbs" / name).read_text())["cells"]
+    )
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW_NBS)
+def test_notebook_with_its_slow_cells(name):
+    """Notebooks whose `#| slow` cells are whole scenarios (the pipeline end to end, the lightweight study) run again
+    with them, in the second tier."""
+    run_notebook(name, flags=("slow",))
+
+
+def test_slow_cells_are_where_expected():
+    assert SLOW_NBS == ["06_lightweight.ipynb", "07_pipeline.ipynb"], SLOW_NBS
+
+
 @pytest.mark.skipif(not FAIRFACE.is_dir(), reason="shared/data/fairface_mask is not beside the project")
 def test_fairface_validates_and_eda_runs_on_real_faces(tmp_path):
     r = run(BIN / "mask-pstage-validate", FAIRFACE)
