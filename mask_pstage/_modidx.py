@@ -202,6 +202,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'mask_pstage/nbdev_tools.py'),
                                          'mask_pstage.nbdev_tools._thumbnail': ( 'nbdev_tools.html#_thumbnail',
                                                                                  'mask_pstage/nbdev_tools.py'),
+                                         'mask_pstage.nbdev_tools.is_job_notebook': ( 'nbdev_tools.html#is_job_notebook',
+                                                                                      'mask_pstage/nbdev_tools.py'),
                                          'mask_pstage.nbdev_tools.library_notebooks': ( 'nbdev_tools.html#library_notebooks',
                                                                                         'mask_pstage/nbdev_tools.py'),
                                          'mask_pstage.nbdev_tools.main': ('nbdev_tools.html#main', 'mask_pstage/nbdev_tools.py'),

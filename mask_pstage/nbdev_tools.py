@@ -13,8 +13,8 @@ from .core import in_notebook
 PREFIX = "__all__ = "  # what nbdev writes before the wrapped list
 
 # %% auto #0
-__all__ = ['PREFIX', 'MAX_OUTPUT_BYTES', 'THUMB_WIDTH', 'AllWrapper', 'AllWithin120', 'small_outputs', 'save_outputs',
-           'library_notebooks', 'main']
+__all__ = ['PREFIX', 'MAX_OUTPUT_BYTES', 'THUMB_WIDTH', 'AllWrapper', 'AllWithin120', 'is_job_notebook',
+           'small_outputs', 'save_outputs', 'library_notebooks', 'main']
 
 # %% ../nbs/12a_nbdev_tools.ipynb #a1e0c005
 class AllWrapper(TextWrapper):
@@ -55,6 +55,12 @@ def _thumbnail(png_b64: str) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def is_job_notebook(path) -> bool:
+    "A job notebook has a papermill `parameters` cell (papermill and the pipeline run it; the wheel ships it)."
+    cells = json.loads(Path(path).read_text())["cells"]
+    return any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
+
+
 def small_outputs(outputs: list[dict]) -> list[dict]:
     "A cell's outputs as a library notebook keeps them: no stderr, plots as JPEG thumbnails, nothing over the limit."
     kept = []
@@ -82,8 +88,7 @@ def save_outputs(nb_path, flags=()) -> bool:
     from nbdev.test import test_nb
 
     path = Path(nb_path).resolve()  # nbdev writes the notebook from inside its folder
-    cells = json.loads(path.read_text())["cells"]
-    if any("parameters" in c["metadata"].get("tags", []) for c in cells):
+    if is_job_notebook(path):
         raise ValueError(f"{path.name} is a job notebook: job notebooks stay clean (papermill writes their outputs)")
     declared = get_config(path.parent).tst_flags
     declared = declared.split() if isinstance(declared, str) else list(declared)
@@ -105,12 +110,7 @@ def library_notebooks(nbs_path=None) -> list[Path]:
     from nbdev.config import get_config
 
     folder = Path(nbs_path or get_config().nbs_path)
-    return [
-        p
-        for p in sorted(folder.glob("*.ipynb"))
-        if not p.name.startswith(("_", "."))
-        and not any("parameters" in c["metadata"].get("tags", []) for c in json.loads(p.read_text())["cells"])
-    ]
+    return [p for p in sorted(folder.glob("*.ipynb")) if not p.name.startswith(("_", ".")) and not is_job_notebook(p)]
 
 
 def main(argv=None):

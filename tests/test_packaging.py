@@ -2,11 +2,12 @@
 pipeline then runs from any folder. The wheel and the sdist are built offline (`python -m build --no-isolation`) and
 pass `twine check`."""
 
-import json, os, subprocess, sys, sysconfig, tomllib
+import os, subprocess, sys, sysconfig, tomllib
 from pathlib import Path
 import pandas as pd
 import pytest
 
+from mask_pstage.nbdev_tools import is_job_notebook
 from mask_pstage.runs import ENSEMBLE_FILES, PipelineRun
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,11 +16,7 @@ BIN = Path(sys.executable).parent
 
 def job_notebooks() -> set[str]:
     "Notebooks with a papermill `parameters` cell."
-    return {
-        p.name
-        for p in (ROOT / "nbs").glob("*.ipynb")
-        if any("parameters" in c.get("metadata", {}).get("tags", []) for c in json.loads(p.read_text())["cells"])
-    }
+    return {p.name for p in (ROOT / "nbs").glob("*.ipynb") if is_job_notebook(p)}
 
 
 def test_every_job_notebook_ships_in_the_wheel():
