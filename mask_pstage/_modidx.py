@@ -209,6 +209,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'mask_pstage.nbdev_tools.main': ('nbdev_tools.html#main', 'mask_pstage/nbdev_tools.py'),
                                          'mask_pstage.nbdev_tools.save_outputs': ( 'nbdev_tools.html#save_outputs',
                                                                                    'mask_pstage/nbdev_tools.py'),
+                                         'mask_pstage.nbdev_tools.skip_flags': ( 'nbdev_tools.html#skip_flags',
+                                                                                 'mask_pstage/nbdev_tools.py'),
                                          'mask_pstage.nbdev_tools.small_outputs': ( 'nbdev_tools.html#small_outputs',
                                                                                     'mask_pstage/nbdev_tools.py')},
             'mask_pstage.params': { 'mask_pstage.params.AnalysisParams': ('params.html#analysisparams', 'mask_pstage/params.py'),

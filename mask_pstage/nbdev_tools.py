@@ -13,7 +13,7 @@ from .core import in_notebook
 PREFIX = "__all__ = "  # what nbdev writes before the wrapped list
 
 # %% auto #0
-__all__ = ['PREFIX', 'MAX_OUTPUT_BYTES', 'THUMB_WIDTH', 'AllWrapper', 'AllWithin120', 'is_job_notebook',
+__all__ = ['PREFIX', 'MAX_OUTPUT_BYTES', 'THUMB_WIDTH', 'AllWrapper', 'AllWithin120', 'is_job_notebook', 'skip_flags',
            'small_outputs', 'save_outputs', 'library_notebooks', 'main']
 
 # %% ../nbs/12a_nbdev_tools.ipynb #a1e0c005
@@ -61,6 +61,12 @@ def is_job_notebook(path) -> bool:
     return any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
 
 
+def skip_flags(cfg, flags=()) -> list[str]:
+    "The test flags of nbdev's config `cfg` (`tst_flags`) that are not in `flags`: the cells nbdev-test leaves out."
+    declared = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags)
+    return [f for f in declared if f not in flags]
+
+
 def small_outputs(outputs: list[dict]) -> list[dict]:
     "A cell's outputs as a library notebook keeps them: no stderr, plots as JPEG thumbnails, nothing over the limit."
     kept = []
@@ -90,9 +96,10 @@ def save_outputs(nb_path, flags=()) -> bool:
     path = Path(nb_path).resolve()  # nbdev writes the notebook from inside its folder
     if is_job_notebook(path):
         raise ValueError(f"{path.name} is a job notebook: job notebooks stay clean (papermill writes their outputs)")
-    declared = get_config(path.parent).tst_flags
-    declared = declared.split() if isinstance(declared, str) else list(declared)
-    ok, _ = test_nb(path, skip_flags=[f for f in declared if f not in flags], force_flags=list(flags), save=True)
+    cfg = get_config(path.parent)
+    ok, _ = test_nb(
+        path, skip_flags=skip_flags(cfg, flags), force_flags=list(flags), cell_timeout=int(cfg.cell_timeout), save=True
+    )
     if not ok:
         return False
     nb = json.loads(path.read_text())

@@ -142,12 +142,13 @@ def run_notebook(name, flags=()):
     stderr."""
     from nbdev.config import get_config
     from nbdev.test import test_nb
+    from mask_pstage.nbdev_tools import skip_flags
 
     cfg = get_config(ROOT)
-    declared = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags)
-    skip = [f for f in declared if f not in flags]
     nb = ROOT / "nbs" / name
-    ok, seconds = test_nb(nb, skip_flags=skip, force_flags=list(flags), cell_timeout=int(cfg.cell_timeout))
+    ok, seconds = test_nb(
+        nb, skip_flags=skip_flags(cfg, flags), force_flags=list(flags), cell_timeout=int(cfg.cell_timeout)
+    )
     assert ok, f"{name} failed after {seconds:.0f} s (its traceback is on stderr above)"
 
 
